@@ -1,0 +1,98 @@
+"""The class table that travels from export to the classified raster: value, name and colour.
+
+Colours default to conventional land-cover colours when a class name says what it is (water is
+blue, forest dark green), else to a qualitative palette, so a map looks familiar in QGIS without
+styling; users override them with ``value=#rrggbb`` pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import SparsecoverError
+
+# Conventional land-cover colours (NLCD-like), matched on words in the class name.
+_NAMED_COLOURS = (
+    (("water", "river", "lake", "ocean", "sea"), "#476ba1"),
+    (("forest", "tree", "wood"), "#1c6330"),
+    (("shrub", "scrub", "bush"), "#b5a552"),
+    (("herb", "grass", "meadow", "pasture"), "#d1d182"),
+    (("agri", "crop", "cultiv", "farm", "planted"), "#e8d92c"),
+    (("develop", "urban", "build", "impervious", "road", "parking", "settlement"), "#d9301c"),
+    (("sediment", "sand", "bare", "barren", "soil", "harvest", "open"), "#b3ada3"),
+    (("wetland", "marsh", "swamp"), "#75a1c7"),
+    (("snow", "ice", "cloud"), "#f2f2f2"),
+)
+
+# Qualitative palette (Tableau 10) for classes whose names say nothing.
+_PALETTE = (
+    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
+    "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
+)
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    value: int
+    name: str
+    color: str  # "#rrggbb"
+
+    def as_json(self) -> dict:
+        return {"value": self.value, "name": self.name, "color": self.color}
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        return tuple(int(self.color[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+def default_color(value: int, name: str, used: set[str]) -> str:
+    lowered = name.lower()
+    for words, color in _NAMED_COLOURS:
+        if any(w in lowered for w in words) and color not in used:
+            return color
+    for offset in range(len(_PALETTE)):
+        color = _PALETTE[(value - 1 + offset) % len(_PALETTE)]
+        if color not in used:
+            return color
+    return _PALETTE[(value - 1) % len(_PALETTE)]
+
+
+def build_class_table(
+    values: list[int], names: dict[int, str] | None = None, colors: dict[int, str] | None = None
+) -> list[ClassInfo]:
+    """One entry per class value, sorted, with names (default "class_N") and colours."""
+    names = names or {}
+    colors = {k: normalise_color(v) for k, v in (colors or {}).items()}
+    table, used = [], set(colors.values())
+    for value in sorted(set(values)):
+        name = names.get(value, f"class_{value}")
+        color = colors.get(value) or default_color(value, name, used)
+        used.add(color)
+        table.append(ClassInfo(value=value, name=name, color=color))
+    return table
+
+
+def normalise_color(text: str) -> str:
+    text = text.strip().lower()
+    if not text.startswith("#"):
+        text = "#" + text
+    if len(text) != 7 or any(c not in "0123456789abcdef" for c in text[1:]):
+        raise SparsecoverError(f"colour {text!r} is not #rrggbb")
+    return text
+
+
+def parse_color_pairs(text: str | None) -> dict[int, str]:
+    """Parse ``"1=#ff0000,2=#00ff00"`` (the CLI's --class-colors) into {value: colour}."""
+    if not text:
+        return {}
+    pairs = {}
+    for item in text.split(","):
+        value, sep, color = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise SparsecoverError(f"--class-colors item {item!r} is not VALUE=#rrggbb")
+        pairs[int(value)] = normalise_color(color)
+    return pairs
+
+
+def rgb_to_hex(rgb: list[int] | tuple[int, ...]) -> str:
+    return "#" + "".join(f"{int(c):02x}" for c in rgb[:3])

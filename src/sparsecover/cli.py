@@ -1,0 +1,155 @@
+"""The `sparsecover` command: thin wrappers that parse options and call one public function each.
+
+A :class:`SparsecoverError` is printed as one red line and exits with status 2; warnings print as
+one yellow line each. Tracebacks are only for bugs.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from . import __version__
+from .errors import SparsecoverError, SparsecoverWarning
+
+err_console = Console(stderr=True, highlight=False)
+out_console = Console(highlight=False)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    label = "warning:" if issubclass(category, SparsecoverWarning) else f"warning ({category.__name__}):"
+    err_console.print(Text.assemble((label, "yellow"), " ", str(message)), soft_wrap=True)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SparsecoverError as exc:
+            err_console.print(Text.assemble(("error:", "bold red"), " ", str(exc)), soft_wrap=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sparsecover")
+def cli() -> None:
+    """Land-cover maps from multispectral imagery and a handful of labelled polygons.
+
+    Pipeline: stack -> export -> train -> classify -> evaluate. Each stage writes an artifact
+    you can open in QGIS, a text editor or a browser.
+    """
+    warnings.showwarning = _show_warning
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",")] if text else None
+
+
+@cli.command()
+@click.argument("bands", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Output raster: .vrt (default, no pixels copied) or .tif with --cog.")
+@click.option("--band-names", help="Comma-separated names, one per output band (e.g. blue,green,red).")
+@click.option("--resample", help="Align files on another grid to the first file's grid with this "
+              "method (nearest, bilinear, cubic, average, ...).")
+@click.option("--cog", is_flag=True, help="Write a tiled, compressed Cloud-Optimized GeoTIFF instead of a VRT.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def stack(bands, output, band_names, resample, cog, overwrite) -> None:
+    """Stack one-file-per-band rasters (Landsat, Sentinel-2) into one multiband raster."""
+    from .stack import stack_bands
+
+    path = stack_bands(list(bands), output, _split(band_names), resample, cog, overwrite)
+    out_console.print(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("rasters", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--labels", required=True, type=click.Path(path_type=Path),
+              help="Labelled polygons (GPKG, SHP, GeoJSON, FlatGeobuf, GeoParquet) or a classified "
+              "raster (0 = unlabelled).")
+@click.option("--class-field", help="Integer class field of the polygons (classes 1..255).")
+@click.option("--class-name-field", help="Field holding each class's name.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output chip dataset folder.")
+@click.option("--tile-size", default=256, show_default=True, help="Chip width and height in pixels.")
+@click.option("--stride", default=64, show_default=True, help="Step between chips in pixels.")
+@click.option("--all-tiles", is_flag=True, help="Also write chips without labels (for semi-supervised use).")
+@click.option("--class-colors", help="Colours as VALUE=#rrggbb,... (default: land-cover palette).")
+@click.option("--workers", type=int, help="Threads for reading and writing (default: cores, at most 4).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def export(rasters, labels, class_field, class_name_field, out, tile_size, stride, all_tiles,
+           class_colors, workers, overwrite, quiet) -> None:
+    """Export image and label chips (a chip dataset) from raster(s) and labels."""
+    from .chips import open_chip_dataset
+    from .classes import parse_color_pairs
+    from .export import export_training_data
+
+    path = export_training_data(
+        list(rasters), labels, out, class_field=class_field, class_name_field=class_name_field,
+        tile_size=tile_size, stride=stride, all_tiles=all_tiles,
+        class_colors=parse_color_pairs(class_colors), overwrite=overwrite, workers=workers,
+        progress=not quiet,
+    )
+    _print_dataset(open_chip_dataset(path))
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+def info(path: Path) -> None:
+    """Describe a chip dataset (sparsecover's or an Esri Classified Tiles export)."""
+    from .chips import open_chip_dataset
+
+    _print_dataset(open_chip_dataset(path))
+
+
+@cli.command()
+@click.option("--out", default="sparsecover-demo", show_default=True, type=click.Path(path_type=Path),
+              help="Folder for every artifact of the demo.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def demo(out: Path, overwrite: bool, quiet: bool) -> None:
+    """Run the pipeline on the built-in North Carolina Landsat scene and its 34 polygons."""
+    from .chips import open_chip_dataset
+    from .demo import run_demo
+
+    artifacts = run_demo(out, overwrite=overwrite, progress=not quiet)
+    _print_dataset(open_chip_dataset(artifacts["chip dataset"]))
+    for name, path in artifacts.items():
+        out_console.print(f"{name:>22}: {path}")
+
+
+def _print_dataset(ds) -> None:
+    out_console.print(f"[bold]{ds.root}[/] ({ds.kind}): {len(ds)} chips of {ds.tile_size} px"
+                      + (f", stride {ds.stride}" if ds.stride else ""))
+    if ds.resolution:
+        out_console.print(f"resolution {ds.resolution[0]:g} x {ds.resolution[1]:g}, dtype {ds.dtype}")
+    bands = Table(title="bands", title_justify="left")
+    for col in ("band", "dtype", "nodata", "min", "p1", "mean", "std", "p99", "max"):
+        bands.add_column(col, justify="left" if col == "band" else "right")
+    for band, st in zip(ds.bands, ds.statistics):
+        bands.add_row(band.name, band.dtype, str(band.nodata), *(f"{st[k]:.4g}" for k in
+                      ("min", "p1", "mean", "std", "p99", "max")))
+    out_console.print(bands)
+    classes = Table(title="classes", title_justify="left")
+    for col in ("value", "name", "colour", "labelled pixels"):
+        classes.add_column(col, justify="right" if col != "name" else "left")
+    for c in ds.classes:
+        classes.add_row(str(c.value), c.name, f"[{c.color}]■[/] {c.color}",
+                        f"{ds.class_pixel_counts.get(c.value, 0):,}")
+    out_console.print(classes)
+    if ds.group_table:
+        out_console.print(f"{len(ds.group_table)} spatial groups (polygons / label regions) for the split")
+
+
+def main() -> None:
+    cli(prog_name="sparsecover")
+
+
+if __name__ == "__main__":
+    main()

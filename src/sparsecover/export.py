@@ -1,0 +1,482 @@
+"""`sparsecover export`: raster(s) + labels -> a chip dataset (DESIGN artifact 1).
+
+Three passes over each raster, all by windows:
+
+1. *scan*: non-overlapping blocks; band statistics over valid pixels; labels burned (polygons) or
+   read (classified raster) onto the raster grid, masked by imagery nodata, and written with their
+   spatial-group ids to two scratch GeoTIFFs; class and group pixel counts.
+2. *histogram* (float rasters only): percentiles need the global min/max first.
+3. *chips*: every tile window at the stride; chips with a labelled pixel (or every chip holding a
+   valid pixel, with ``all_tiles``) are written as image, label and group GeoTIFFs.
+
+The dataset is assembled in a hidden sibling folder and renamed into place at the end, so a failure
+never leaves a half-written dataset that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+
+from . import __version__
+from .chips import DATASET_FILE, DATASET_FORMAT, DATASET_VERSION
+from .classes import build_class_table
+from .errors import SparsecoverError, warn
+from .labels import (
+    PolygonLabels,
+    RasterLabels,
+    is_vector,
+    label_window,
+    rasterize_groups,
+    read_label_raster,
+    read_polygons,
+    region_groups,
+)
+from .progress import track
+from .raster import (
+    BandStatistics,
+    RasterSource,
+    _json_number,
+    block_windows,
+    create,
+    describe,
+    gdal_env,
+    open_raster,
+    read_padded,
+    read_window,
+    tile_offsets,
+)
+
+BLOCK = 512  # scan-pass block size; also the block inside which raster-label regions are numbered
+
+
+@dataclass
+class _Scan:
+    """Per-source results of the scan pass: for raster labels, labels and groups on the raster grid."""
+
+    labels_path: Path | None
+    groups_path: Path | None
+    frame: object = None  # polygons in the raster's CRS (polygon labels)
+
+
+def _group_lut(frame) -> np.ndarray:
+    """Group id (polygon) -> class value, as an array for fancy indexing."""
+    lut = np.zeros(int(frame["group"].max()) + 1, dtype=np.uint8)
+    lut[frame["group"].to_numpy()] = frame["class_value"].to_numpy()
+    return lut
+
+
+def chip_fill_value(dtype: str, nodata: float | None) -> float:
+    """The value written into image chips where the imagery is invalid: the source nodata if any."""
+    if nodata is not None:
+        return nodata
+    kind = np.dtype(dtype).kind
+    return float("nan") if kind == "f" else (0 if kind == "u" else int(np.iinfo(dtype).min))
+
+
+class _Handles:
+    """One rasterio handle per thread and path: GDAL datasets must not be shared across threads."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._all: list = []
+        self._lock = threading.Lock()
+
+    def get(self, key: Path, opener=rasterio.open):
+        cache = self._local.__dict__.setdefault("open", {})
+        if key not in cache:
+            cache[key] = opener(key)
+            with self._lock:
+                self._all.append(cache[key])
+        return cache[key]
+
+    def close(self) -> None:
+        for handle in self._all:
+            handle.close()
+        self._all.clear()
+
+
+def export_training_data(
+    rasters: str | Path | list[str | Path],
+    labels: str | Path,
+    out: str | Path,
+    class_field: str | None = None,
+    class_name_field: str | None = None,
+    tile_size: int = 256,
+    stride: int = 64,
+    all_tiles: bool = False,
+    class_colors: dict[int, str] | None = None,
+    overwrite: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Export image/label chips and ``dataset.json`` from rasters and labelled polygons or a classified raster.
+
+    Like ArcGIS's "Export Training Data For Deep Learning" (Classified Tiles), but every pixel no label
+    covers is 0, imagery nodata is never labelled, and each chip records the spatial groups (polygons
+    or label regions) it holds, so training can split without leakage.
+    """
+    raster_paths = [Path(rasters)] if isinstance(rasters, (str, Path)) else [Path(r) for r in rasters]
+    labels = Path(labels)
+    out = Path(out)
+    if not raster_paths:
+        raise SparsecoverError("export needs at least one raster")
+    if tile_size < 8 or stride < 1:
+        raise SparsecoverError(f"tile size must be >= 8 and stride >= 1 (got {tile_size}, {stride})")
+    if out.exists() and not overwrite:
+        raise SparsecoverError(f"{out}: already exists; pass --overwrite to replace it")
+    if not out.parent.exists():
+        raise SparsecoverError(f"{out.parent}: output's parent folder does not exist; create it first")
+    workers = workers or min(4, os.cpu_count() or 1)
+
+    sources = []
+    for path in raster_paths:
+        with open_raster(path) as src:
+            sources.append(describe(src))
+    _check_same_bands(sources)
+
+    polygons: PolygonLabels | None = None
+    label_raster: RasterLabels | None = None
+    if is_vector(labels):
+        if class_field is None:
+            raise SparsecoverError(f"{labels}: pass --class-field naming the integer class field")
+        polygons = read_polygons(labels, class_field, class_name_field)
+    else:
+        label_raster = read_label_raster(labels)
+
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        with gdal_env():
+            dataset = _export(
+                sources, polygons, label_raster, work, tile_size, stride, all_tiles,
+                class_colors, workers, progress,
+            )
+        dataset["labels"] = {
+            "path": str(labels.resolve()),
+            "kind": "polygons" if polygons is not None else "raster",
+            "class_field": class_field,
+            "class_name_field": class_name_field,
+        }
+        (work / DATASET_FILE).write_text(json.dumps(dataset, indent=1))
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return out
+
+
+def _check_same_bands(sources: list[RasterSource]) -> None:
+    first = sources[0]
+    for other in sources[1:]:
+        if len(other.bands) != len(first.bands):
+            raise SparsecoverError(
+                f"{other.path}: has {len(other.bands)} bands but {first.path.name} has "
+                f"{len(first.bands)}; rasters of one dataset need the same bands"
+            )
+        if other.dtype != first.dtype:
+            raise SparsecoverError(
+                f"{other.path}: dtype {other.dtype} differs from {first.path.name}'s {first.dtype}"
+            )
+
+
+def _export(
+    sources: list[RasterSource],
+    polygons: PolygonLabels | None,
+    label_raster: RasterLabels | None,
+    work: Path,
+    tile_size: int,
+    stride: int,
+    all_tiles: bool,
+    class_colors: dict[int, str] | None,
+    workers: int,
+    progress: bool,
+) -> dict:
+    first = sources[0]
+    names = [b.name for b in first.bands]
+    stats = BandStatistics(len(names), first.dtype)
+    scratch = work / ".scratch"
+    scratch.mkdir()
+    group_class: dict[int, int] = {}
+    group_pixels: Counter = Counter()
+    group_source: dict[int, int] = {}
+    scans: list[_Scan | None] = []
+    next_region = 1
+    for index, source in enumerate(sources):
+        frame = None
+        if polygons is not None:
+            try:
+                frame = polygons.on_raster(source)
+            except SparsecoverError:
+                if len(sources) == 1:
+                    raise
+                warn(f"{polygons.path}: no polygon overlaps {source.path.name}; it gives no chips")
+                scans.append(None)
+                continue
+        else:
+            _check_label_overlap(label_raster, source)
+        scan, next_region = _scan(
+            index, source, frame, label_raster, scratch, stats, group_class, group_pixels,
+            group_source, next_region, workers, progress,
+        )
+        scans.append(scan)
+    if not group_pixels:
+        where = polygons.path if polygons is not None else label_raster.path
+        raise SparsecoverError(
+            f"{where}: no label falls on valid imagery (all labelled pixels are nodata or outside)"
+        )
+    if stats.needs_histogram_pass:
+        for source in sources:
+            _histogram_pass(source, stats, workers, progress)
+
+    for sub in ("images", "labels", "groups"):
+        (work / sub).mkdir()
+    class_values = sorted(
+        set(polygons.frame["class_value"].tolist()) if polygons is not None else set(group_class.values())
+    )
+    class_table = build_class_table(
+        class_values, polygons.names if polygons is not None else {}, class_colors
+    )
+    colormap = {c.value: (*c.rgb, 255) for c in class_table}
+    fill = chip_fill_value(first.dtype, first.bands[0].nodata)
+    chips = []
+    for index, (source, scan) in enumerate(zip(sources, scans)):
+        if scan is not None:
+            chips += _chip_pass(
+                index, source, scan, work, tile_size, stride, all_tiles, fill, colormap,
+                workers, progress,
+            )
+    shutil.rmtree(scratch)
+    if not chips:
+        raise SparsecoverError("no chip holds a labelled, valid pixel; check labels and imagery overlap")
+
+    class_pixels = Counter()
+    for group, pixels in group_pixels.items():
+        class_pixels[group_class[group]] += pixels
+    for info in class_table:
+        if class_pixels[info.value] == 0:
+            warn(
+                f"class {info.value} ({info.name}) has no labelled pixel on valid imagery; "
+                "a model cannot learn it from this dataset"
+            )
+    return {
+        "format": DATASET_FORMAT,
+        "format_version": DATASET_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "sparsecover_version": __version__,
+        "sources": [
+            {
+                "path": str(s.path.resolve()),
+                "crs": s.crs.to_wkt(),
+                "transform": list(s.transform)[:6],
+                "width": s.width,
+                "height": s.height,
+            }
+            for s in sources
+        ],
+        "crs": first.crs.to_wkt(),
+        "epsg": first.crs.to_epsg(),
+        "resolution": list(first.resolution),
+        "dtype": first.dtype,
+        "nodata": _json_number(fill),
+        "bands": [b.as_json() for b in first.bands],
+        "classes": [c.as_json() for c in class_table],
+        "tile_size": tile_size,
+        "stride": stride,
+        "all_tiles": all_tiles,
+        "statistics": stats.result(names),
+        "class_pixel_counts": {str(c.value): int(class_pixels[c.value]) for c in class_table},
+        "groups": [
+            {"id": int(g), "class": int(group_class[g]), "pixels": int(group_pixels[g]), "source": group_source[g]}
+            for g in sorted(group_pixels)
+        ],
+        "chips": chips,
+    }
+
+
+def _check_label_overlap(labels: RasterLabels, raster: RasterSource) -> None:
+    bounds = transform_bounds(labels.source.crs, raster.crs, *labels.source.bounds)
+    r = raster.bounds
+    if bounds[0] >= r[2] or bounds[2] <= r[0] or bounds[1] >= r[3] or bounds[3] <= r[1]:
+        raise SparsecoverError(
+            f"{labels.path}: label raster does not overlap {raster.path.name}; check both cover the same area"
+        )
+
+
+def _scan(
+    index: int,
+    source: RasterSource,
+    frame,
+    label_raster: RasterLabels | None,
+    scratch: Path,
+    stats: BandStatistics,
+    group_class: dict[int, int],
+    group_pixels: Counter,
+    group_source: dict[int, int],
+    next_region: int,
+    workers: int,
+    progress: bool,
+) -> tuple[_Scan, int]:
+    """Pass 1 over one raster: statistics, labels and groups on the grid, pixel counts."""
+    if frame is not None:
+        scan = _Scan(None, None, frame)
+    else:
+        scan = _Scan(scratch / f"labels_{index}.tif", scratch / f"groups_{index}.tif")
+    profile = {
+        "driver": "GTiff", "width": source.width, "height": source.height, "count": 1,
+        "crs": source.crs, "transform": source.transform, "tiled": True, "blockxsize": 256,
+        "blockysize": 256, "compress": "deflate", "nodata": 0,
+    }
+    group_lut = _group_lut(frame) if frame is not None else None
+    handles = _Handles()
+
+    def work(window: Window):
+        src = handles.get(source.path)
+        data, valid = read_window(src, window, source.band_indexes)
+        if frame is not None:
+            groups = rasterize_groups(frame, window, source.transform)
+            labels = group_lut[groups]
+        else:
+            reader = handles.get(label_raster.path, lambda _: label_raster.reader(source))
+            labels = label_window(reader, window, label_raster.path)
+            groups = None
+        labels[~valid] = 0
+        return window, data[:, valid], labels, groups
+
+    windows = list(block_windows(source.width, source.height, BLOCK))
+    with contextlib.ExitStack() as stack, ThreadPoolExecutor(workers) as pool:
+        if scan.labels_path is not None:
+            lab_dst = stack.enter_context(create(scan.labels_path, dtype="uint8", **profile))
+            grp_dst = stack.enter_context(create(scan.groups_path, dtype="uint32", **profile))
+        results = pool.map(work, windows)
+        for window, pixels, labels, groups in track(
+            results, len(windows), f"scan {source.path.name}", progress
+        ):
+            stats.add(pixels)
+            if groups is None:
+                groups, next_region = region_groups(labels, next_region)
+            groups[labels == 0] = 0
+            if scan.labels_path is not None:
+                lab_dst.write(labels, 1, window=window)
+                grp_dst.write(groups, 1, window=window)
+            ids, first, counts = np.unique(groups[groups > 0], return_index=True, return_counts=True)
+            classes = labels[groups > 0][first]
+            for gid, cls, n in zip(ids.tolist(), classes.tolist(), counts.tolist()):
+                group_class[gid] = cls
+                group_pixels[gid] += n
+                group_source.setdefault(gid, index)
+    handles.close()
+    return scan, next_region
+
+
+def _histogram_pass(source: RasterSource, stats: BandStatistics, workers: int, progress: bool) -> None:
+    handles = _Handles()
+
+    def work(window: Window) -> np.ndarray:
+        data, valid = read_window(handles.get(source.path), window, source.band_indexes)
+        return data[:, valid]
+
+    windows = list(block_windows(source.width, source.height, BLOCK))
+    with ThreadPoolExecutor(workers) as pool:
+        for pixels in track(pool.map(work, windows), len(windows), f"histogram {source.path.name}", progress):
+            stats.add_histogram(pixels)
+    handles.close()
+
+
+def _chip_pass(
+    index: int,
+    source: RasterSource,
+    scan: _Scan,
+    work_dir: Path,
+    tile: int,
+    stride: int,
+    all_tiles: bool,
+    fill: float,
+    colormap: dict,
+    workers: int,
+    progress: bool,
+) -> list[dict]:
+    """Pass 3: write the chips of one raster; returns their dataset.json records."""
+    handles = _Handles()
+    windows = [
+        Window(col, row, tile, tile)
+        for row in tile_offsets(source.height, tile, stride)
+        for col in tile_offsets(source.width, tile, stride)
+    ]
+    base = {"driver": "GTiff", "width": tile, "height": tile, "crs": source.crs, "compress": "deflate"}
+
+    lut = _group_lut(scan.frame) if scan.frame is not None else None
+
+    def write(window: Window) -> dict | None:
+        # Polygons are burnt on each chip's own window, so a chip equals its polygons rasterised there.
+        if scan.frame is not None:
+            groups = rasterize_groups(scan.frame, window, source.transform)
+            labels = lut[groups]
+        else:
+            labels = read_padded(handles.get(scan.labels_path), window, 1)
+            groups = read_padded(handles.get(scan.groups_path), window, 1)
+        if not all_tiles and not labels.any():
+            return None
+        data, valid = read_window(handles.get(source.path), window, source.band_indexes)
+        labels[~valid] = 0
+        groups[~valid] = 0
+        if not valid.any() or (not all_tiles and not labels.any()):
+            return None
+        data[:, ~valid] = fill
+        name = f"{index:02d}_{int(window.row_off):06d}_{int(window.col_off):06d}"
+        transform = rasterio.windows.transform(window, source.transform)
+        with create(
+            work_dir / "images" / f"{name}.tif", count=data.shape[0], dtype=data.dtype,
+            transform=transform, nodata=fill, **base,
+        ) as dst:
+            dst.write(data)
+            dst.descriptions = tuple(b.name for b in source.bands)
+        with create(
+            work_dir / "labels" / f"{name}.tif", count=1, dtype="uint8", transform=transform,
+            nodata=0, **base,
+        ) as dst:
+            dst.write(labels, 1)
+            dst.write_colormap(1, colormap)
+        with create(
+            work_dir / "groups" / f"{name}.tif", count=1, dtype="uint32", transform=transform,
+            nodata=0, **base,
+        ) as dst:
+            dst.write(groups, 1)
+        values, counts = np.unique(labels[labels > 0], return_counts=True)
+        west, north = transform @ (0, 0)
+        east, south = transform @ (tile, tile)
+        return {
+            "id": name,
+            "image": f"images/{name}.tif",
+            "label": f"labels/{name}.tif",
+            "groups": f"groups/{name}.tif",
+            "source": index,
+            "window": [int(window.col_off), int(window.row_off), tile, tile],
+            "bounds": [west, south, east, north],
+            "group_ids": np.unique(groups[groups > 0]).tolist(),
+            "class_pixels": {str(v): int(c) for v, c in zip(values.tolist(), counts.tolist())},
+        }
+
+    with ThreadPoolExecutor(workers) as pool:
+        records = [
+            r
+            for r in track(pool.map(write, windows), len(windows), f"chips {source.path.name}", progress)
+            if r is not None
+        ]
+    handles.close()
+    return records

@@ -1,0 +1,79 @@
+"""Fixtures: small generated scenes (so the suite means something on a fresh machine) and ../shared/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+from shapely.geometry import Polygon, box
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+UTM = CRS.from_epsg(32618)
+ORIGIN = (500_000.0, 4_500_000.0)
+RES = 10.0
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"real data not found at {SHARED} (the project's ../shared/data)")
+    return SHARED
+
+
+def write_raster(path: Path, data: np.ndarray, nodata=None, crs=UTM, res=RES, origin=ORIGIN,
+                 names=None) -> Path:
+    """Write (bands, h, w) data as a GeoTIFF on a north-up grid."""
+    data = data if data.ndim == 3 else data[None]
+    with rasterio.open(
+        path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+        dtype=data.dtype, crs=crs, transform=from_origin(*origin, res, res), nodata=nodata,
+    ) as dst:
+        dst.write(data)
+        if names:
+            dst.descriptions = tuple(names)
+    return path
+
+
+def make_scene(folder: Path, width=200, height=150, dtype="uint16") -> Path:
+    """A 4-band scene with a nodata (0) border on the left and smooth, class-dependent values."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width]
+    bands = [100 + x + b * 50 + rng.integers(0, 20, (height, width)) for b in range(4)]
+    data = np.stack(bands).astype(dtype)
+    data[:, :, :12] = 0  # nodata stripe
+    return write_raster(folder / "scene.tif", data, nodata=0, names=["blue", "green", "red", "nir"])
+
+
+def scene_polygons(crs=UTM) -> gpd.GeoDataFrame:
+    """Three classes of polygons on the scene (one touching the nodata stripe), plus one far outside."""
+    x0, y0 = ORIGIN
+    def rect(c0, r0, c1, r1):  # a quarter pixel off the grid: all_touched is ill-defined on edges
+        return box(x0 + (c0 + 0.25) * RES, y0 - (r1 + 0.25) * RES, x0 + (c1 + 0.25) * RES,
+                   y0 - (r0 + 0.25) * RES)
+    rows = [
+        (1, "water", rect(2, 10, 40, 40)),            # overlaps the nodata stripe (columns 0..11)
+        (2, "forest", rect(60, 20, 90, 60)),
+        (2, "forest", rect(130, 100, 170, 140)),
+        (3, "developed", Polygon([(x0 + 1000.5, y0 - 802.5), (x0 + 1400.3, y0 - 805), (x0 + 1202.5, y0 - 1102.5)])),
+        (3, "developed", rect(5000, 5000, 5010, 5010)),  # outside the scene
+    ]
+    frame = gpd.GeoDataFrame(
+        {"classvalue": [r[0] for r in rows], "classname": [r[1] for r in rows]},
+        geometry=[r[2] for r in rows], crs=UTM,
+    )
+    return frame.to_crs(crs)
+
+
+@pytest.fixture
+def scene(tmp_path) -> tuple[Path, Path]:
+    """(raster, polygons.gpkg): polygons stored in EPSG:4326 so export must reproject them."""
+    raster = make_scene(tmp_path)
+    labels = tmp_path / "labels.gpkg"
+    scene_polygons(CRS.from_epsg(4326)).to_file(labels, driver="GPKG")
+    return raster, labels

@@ -1,0 +1,161 @@
+"""export on generated scenes: chips match the polygons, nodata is never labelled, statistics are right."""
+
+from __future__ import annotations
+
+import json
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from rasterio import features
+
+from conftest import make_scene, scene_polygons, write_raster
+from sparsecover.raster import gdal_env
+from sparsecover import SparsecoverError, SparsecoverWarning, export_training_data, open_chip_dataset
+
+
+def _export(scene, out, **kw):
+    raster, labels = scene
+    kw.setdefault("class_field", "classvalue")
+    kw.setdefault("class_name_field", "classname")
+    kw.setdefault("tile_size", 32)
+    kw.setdefault("stride", 16)
+    with pytest.warns(SparsecoverWarning, match="1 of 5 polygons lie outside"):
+        return export_training_data(raster, labels, out, progress=False, **kw)
+
+
+def test_label_chips_equal_polygons_rasterised_on_each_window(scene, tmp_path):
+    out = _export(scene, tmp_path / "chips")
+    ds = open_chip_dataset(out)
+    with rasterio.open(scene[0]) as src:
+        polygons = gpd.read_file(scene[1]).to_crs(src.crs)
+    assert len(ds) > 0
+    for i, chip in enumerate(ds.chips):
+        image, label, groups = ds.read(i)
+        with rasterio.open(chip.label) as src, gdal_env():
+            expected = features.rasterize(
+                zip(polygons.geometry, polygons["classvalue"]), out_shape=label.shape,
+                transform=src.transform, all_touched=True, dtype="uint8",
+            )
+        with rasterio.open(chip.image) as src:
+            valid = np.all(src.read_masks() > 0, axis=0)
+        expected[~valid] = 0
+        np.testing.assert_array_equal(label, expected, err_msg=chip.id)
+        assert np.all((groups > 0) == (label > 0))
+        assert label.any()
+
+
+def test_no_label_on_nodata_and_nodata_stripe_kept(scene, tmp_path):
+    ds = open_chip_dataset(_export(scene, tmp_path / "chips"))
+    for i in range(len(ds)):
+        image, label, _ = ds.read(i)
+        nodata = np.all(image == 0, axis=0)
+        assert not np.any(label[nodata])
+
+
+def test_dataset_json_holds_what_training_needs(scene, tmp_path):
+    out = _export(scene, tmp_path / "chips")
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["format"] == "sparsecover-chips" and meta["format_version"] == 1
+    assert [b["name"] for b in meta["bands"]] == ["blue", "green", "red", "nir"]
+    assert all(b["dtype"] == "uint16" and b["nodata"] == 0 for b in meta["bands"])
+    assert [(c["value"], c["name"]) for c in meta["classes"]] == [(1, "water"), (2, "forest"), (3, "developed")]
+    assert meta["classes"][0]["color"] == "#476ba1"  # water is blue by default
+    assert meta["tile_size"] == 32 and meta["stride"] == 16 and meta["epsg"] == 32618
+    # groups: one per polygon inside the scene, each with its class
+    assert {g["id"]: g["class"] for g in meta["groups"]} == {1: 1, 2: 2, 3: 2, 4: 3}
+    assert sum(meta["class_pixel_counts"].values()) == sum(g["pixels"] for g in meta["groups"])
+    for chip in meta["chips"]:
+        assert set(chip["group_ids"]) <= {1, 2, 3, 4}
+        assert (out / chip["image"]).exists() and (out / chip["label"]).exists()
+
+
+def test_statistics_cover_the_whole_raster_not_just_chips(scene, tmp_path):
+    ds = open_chip_dataset(_export(scene, tmp_path / "chips"))
+    with rasterio.open(scene[0]) as src:
+        data = src.read()
+    valid = np.all(data != 0, axis=0)
+    for b, st in enumerate(ds.statistics):
+        values = data[b][valid].astype(np.float64)
+        assert st["count"] == values.size
+        assert st["min"] == values.min() and st["max"] == values.max()
+        assert st["mean"] == pytest.approx(values.mean(), rel=1e-9)
+        assert st["std"] == pytest.approx(values.std(), rel=1e-9)
+        assert st["p1"] == np.percentile(values, 1, method="inverted_cdf")
+        assert st["p99"] == np.percentile(values, 99, method="inverted_cdf")
+
+
+def test_float_statistics_use_a_second_histogram_pass(tmp_path):
+    rng = np.random.default_rng(1)
+    data = rng.normal(1000, 50, (2, 120, 90)).astype("float32")
+    data[:, :5] = np.nan
+    raster = write_raster(tmp_path / "f.tif", data, nodata=float("nan"))
+    labels = tmp_path / "l.gpkg"
+    scene_polygons().iloc[[1]].to_file(labels)
+    ds = open_chip_dataset(export_training_data(raster, labels, tmp_path / "c", class_field="classvalue",
+                                                tile_size=32, stride=32, progress=False))
+    values = data[0][np.isfinite(data[0])]
+    st = ds.statistics[0]
+    width = (values.max() - values.min()) / 4096
+    assert abs(st["p1"] - np.percentile(values, 1)) <= 2 * width
+    assert abs(st["p99"] - np.percentile(values, 99)) <= 2 * width
+    assert st["mean"] == pytest.approx(values.mean(), rel=1e-6)
+
+
+def test_all_tiles_writes_unlabelled_chips_but_never_all_nodata_ones(scene, tmp_path):
+    sparse = open_chip_dataset(_export(scene, tmp_path / "a", tile_size=32, stride=32))
+    full = open_chip_dataset(_export(scene, tmp_path / "b", tile_size=32, stride=32, all_tiles=True))
+    assert len(full) > len(sparse)
+    for i in range(len(full)):
+        image, label, _ = full.read(i)
+        assert np.any(np.all(image != 0, axis=0))
+
+
+def test_edge_chips_cover_the_far_edges(scene, tmp_path):
+    ds = open_chip_dataset(_export(scene, tmp_path / "c", tile_size=64, stride=64, all_tiles=True))
+    cols = {tuple(json.loads((ds.root / "dataset.json").read_text())["chips"][i]["window"][:2])
+            for i in range(len(ds))}
+    assert (200 - 64, 150 - 64) in cols  # the last chip sits flush with the right and bottom edges
+
+
+def test_classified_raster_labels_make_region_groups(tmp_path):
+    raster = make_scene(tmp_path)
+    classes = np.zeros((150, 200), dtype="uint8")
+    classes[20:40, 30:60] = 1
+    classes[20:40, 100:120] = 1  # a second region of class 1
+    classes[80:120, 50:90] = 2
+    # the label raster is on another grid (20 m): export resamples it onto the scene's grid
+    coarse = classes[::2, ::2]
+    labels = write_raster(tmp_path / "classes.tif", coarse, nodata=None, res=20.0)
+    ds = open_chip_dataset(export_training_data(raster, labels, tmp_path / "c", tile_size=32,
+                                                stride=16, progress=False))
+    assert [c.value for c in ds.classes] == [1, 2]
+    assert len(ds.groups) == 3
+    assert ds.class_pixel_counts == {1: 20 * 30 + 20 * 20, 2: 40 * 40}
+
+
+def test_several_rasters_make_one_dataset(tmp_path):
+    first = make_scene(tmp_path)
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    second = make_scene(second_dir)
+    labels = tmp_path / "l.gpkg"
+    scene_polygons().iloc[:4].to_file(labels)
+    ds = open_chip_dataset(export_training_data([first, second], labels, tmp_path / "c",
+                                                class_field="classvalue", tile_size=32, stride=32,
+                                                progress=False))
+    sources = {json.loads((ds.root / "dataset.json").read_text())["chips"][i]["source"] for i in range(len(ds))}
+    assert sources == {0, 1}
+    # the same polygon seen in two rasters stays one group: no leakage between the two images
+    assert len(ds.groups) == 4
+
+
+def test_overwrite_and_no_half_written_output(scene, tmp_path):
+    out = _export(scene, tmp_path / "chips")
+    with pytest.raises(SparsecoverError, match="already exists; pass --overwrite"):
+        export_training_data(scene[0], scene[1], out, class_field="classvalue", progress=False)
+    _export(scene, out, overwrite=True)
+    with pytest.raises(SparsecoverError, match="no field 'nope'"):
+        export_training_data(scene[0], scene[1], tmp_path / "x", class_field="nope", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chips", "labels.gpkg", "scene.tif"]

@@ -1,0 +1,131 @@
+"""The export issue's acceptance checks on the real data in ../shared/data (skipped where it is absent)."""
+
+from __future__ import annotations
+
+import json
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from rasterio import features
+from rasterio.transform import rowcol
+
+from conftest import write_raster
+from sparsecover import SparsecoverWarning, export_training_data, open_chip_dataset, stack_bands
+from sparsecover.raster import gdal_env
+
+NC_BANDS = ["10", "20", "30", "40", "50", "70"]
+
+
+@pytest.fixture(scope="module")
+def nc_export(tmp_path_factory):
+    from conftest import SHARED
+
+    if not SHARED.is_dir():
+        pytest.skip(f"real data not found at {SHARED}")
+    folder = tmp_path_factory.mktemp("nc")
+    nc = SHARED / "nc_landsat"
+    scene = stack_bands([nc / f"lsat7_2000_{b}.tif" for b in NC_BANDS], folder / "scene.vrt",
+                        band_names=["blue", "green", "red", "nir", "swir1", "swir2"])
+    with pytest.warns(SparsecoverWarning) as record:
+        out = export_training_data(scene, nc / "landsat96_polygons.shp", folder / "chips",
+                                   class_field="id", class_name_field="label", tile_size=64,
+                                   stride=16, progress=False)
+    return scene, out, [str(w.message) for w in record if w.category is SparsecoverWarning]
+
+
+def test_nc_stack_keeps_band_names_nodata_and_dtype(nc_export):
+    scene, _, _ = nc_export
+    with rasterio.open(scene) as src:
+        assert src.count == 6 and src.dtypes[0] == "float32"
+        assert src.descriptions == ("blue", "green", "red", "nir", "swir1", "swir2")
+        assert src.nodatavals == (-99999.0,) * 5 + (-32768.0,)
+        assert src.crs is not None and src.res == (28.5, 28.5)
+
+
+def test_nc_label_chips_equal_polygons_on_each_window(nc_export, shared_data):
+    scene, out, _ = nc_export
+    ds = open_chip_dataset(out)
+    with rasterio.open(scene) as src:
+        polygons = gpd.read_file(shared_data / "nc_landsat" / "landsat96_polygons.shp").to_crs(src.crs)
+    assert len(ds) > 100
+    for i, chip in enumerate(ds.chips):
+        _, label, _ = ds.read(i)
+        with rasterio.open(chip.label) as src, gdal_env():
+            expected = features.rasterize(zip(polygons.geometry, polygons["id"]), out_shape=label.shape,
+                                          transform=src.transform, all_touched=True, dtype="uint8")
+        with rasterio.open(chip.image) as src:
+            valid = np.all(src.read_masks() > 0, axis=0)
+        expected[~valid] = 0
+        np.testing.assert_array_equal(label, expected, err_msg=chip.id)
+
+
+def test_nc_labelled_pixels_agree_with_reference_and_avoid_nodata(nc_export, shared_data):
+    scene, out, warnings = nc_export
+    ds = open_chip_dataset(out)
+    with rasterio.open(scene) as src:
+        height, width = src.height, src.width
+        valid = np.all(src.read_masks() > 0, axis=0)
+    mosaic = np.zeros((height, width), dtype=np.uint8)
+    meta = json.loads((out / "dataset.json").read_text())
+    for i, record in enumerate(meta["chips"]):
+        _, label, _ = ds.read(i)
+        col, row, w, h = record["window"]
+        view = mosaic[row : row + h, col : col + w]
+        np.copyto(view, label[: view.shape[0], : view.shape[1]], where=label[: view.shape[0], : view.shape[1]] > 0)
+    assert not mosaic[~valid].any(), "a label sits on an imagery-nodata pixel"
+    with rasterio.open(shared_data / "nc_landsat" / "landsat96_labelled_pixels.tif") as ref:
+        reference = ref.read(1, masked=True).filled(0)
+    reference = np.where(valid, reference, 0)
+    ours, theirs = mosaic > 0, reference > 0
+    assert abs(int(ours.sum()) - int(theirs.sum())) <= 0.01 * theirs.sum()
+    assert (ours != theirs).sum() <= 0.01 * theirs.sum()
+    assert np.array_equal(mosaic[ours & theirs], reference[ours & theirs].astype(np.uint8))
+    # the agriculture polygon lies in band 7's nodata: the user is told
+    assert any("class 2 (agriculture) has no labelled pixel" in w for w in warnings), warnings
+    assert meta["class_pixel_counts"]["2"] == 0
+    assert sum(meta["class_pixel_counts"].values()) == int(ours.sum())
+
+
+def test_naip_with_classified_raster_labels(shared_data, tmp_path):
+    naip = shared_data / "naip_5m" / "m_4709963_se_14_1_20180716.tif"
+    with rasterio.open(naip) as src:
+        data = src.read().astype(np.float32)
+        profile = src.profile
+    ndvi = (data[3] - data[0]) / np.maximum(data[3] + data[0], 1)
+    classes = np.where(ndvi > 0.3, 2, 1).astype(np.uint8)
+    sparse = np.zeros_like(classes)
+    sparse[100:160, 100:300] = classes[100:160, 100:300]  # sparse: two labelled strips
+    sparse[500:560, 400:700] = classes[500:560, 400:700]
+    labels = write_raster(tmp_path / "labels.tif", sparse, nodata=0, crs=profile["crs"],
+                          res=profile["transform"].a, origin=(profile["transform"].c, profile["transform"].f))
+    ds = open_chip_dataset(export_training_data(naip, labels, tmp_path / "chips", tile_size=128,
+                                                stride=64, progress=False))
+    assert ds.dtype == "uint8" and len(ds.bands) == 4
+    assert set(ds.class_pixel_counts) == {1, 2}
+    for i in range(len(ds)):
+        image, label, groups = ds.read(i)
+        assert image.shape == (4, 128, 128) and label.any()
+        assert np.all((groups > 0) == (label > 0))
+
+
+def test_sentinel2_bands_stacked_and_exported(shared_data, tmp_path):
+    s2 = shared_data / "s2_10m"
+    scene = stack_bands([s2 / f"s2_B0{b}.tif" for b in (2, 3, 4, 8)], tmp_path / "s2.vrt")
+    with rasterio.open(scene) as src:
+        assert src.count == 4 and src.dtypes[0] == "uint16"
+        assert src.descriptions == ("s2_B02", "s2_B03", "s2_B04", "s2_B08")
+        crs, transform = src.crs, src.transform
+    classes = np.zeros((1947, 1933), dtype=np.uint8)
+    classes[200:400, 200:500] = 1
+    classes[1200:1300, 900:1500] = 3
+    # labels in another CRS (web mercator-ish UTM neighbour) to exercise reprojection of rasters
+    labels = write_raster(tmp_path / "labels.tif", classes, nodata=0, crs=crs, res=transform.a,
+                          origin=(transform.c, transform.f))
+    ds = open_chip_dataset(export_training_data(scene, labels, tmp_path / "chips", tile_size=256,
+                                                stride=256, progress=False))
+    assert ds.dtype == "uint16" and [c.value for c in ds.classes] == [1, 3]
+    assert ds.class_pixel_counts == {1: 200 * 300, 3: 100 * 600}
+    stats = ds.statistics[0]
+    assert 0 < stats["p1"] < stats["mean"] < stats["p99"] <= stats["max"] <= 65535
