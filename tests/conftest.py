@@ -77,3 +77,54 @@ def scene(tmp_path) -> tuple[Path, Path]:
     labels = tmp_path / "labels.gpkg"
     scene_polygons(CRS.from_epsg(4326)).to_file(labels, driver="GPKG")
     return raster, labels
+
+
+def class_polygons(values=(1, 2, 3), per_class=3, size=128) -> gpd.GeoDataFrame:
+    """Several small squares per class on a size x size scene (so every class can be validated)."""
+    x0, y0 = ORIGIN
+    rows = []
+    rng = np.random.default_rng(3)
+    cells = [(r, c) for r in range(4) for c in range(4)]
+    order = rng.permutation(len(cells))
+    k = 0
+    for value in values:
+        for _ in range(per_class):
+            r, c = cells[order[k] % len(cells)]
+            k += 1
+            cell = size / 4
+            west, north = x0 + (c * cell + 4.25) * RES, y0 - (r * cell + 4.25) * RES
+            rows.append((value, f"class{value}", box(west, north - 14 * RES, west + 14 * RES, north)))
+    return gpd.GeoDataFrame({"classvalue": [r[0] for r in rows], "classname": [r[1] for r in rows]},
+                            geometry=[r[2] for r in rows], crs=UTM)
+
+
+def make_class_scene(folder: Path, polygons: gpd.GeoDataFrame, size=128) -> Path:
+    """A 4-band uint16 scene whose values depend on the class under each pixel (learnable)."""
+    from rasterio import features as rfeatures
+    from rasterio.transform import from_origin
+
+    transform = from_origin(*ORIGIN, RES, RES)
+    classes = rfeatures.rasterize(zip(polygons.geometry, polygons["classvalue"]), out_shape=(size, size),
+                                  transform=transform, dtype="uint8")
+    rng = np.random.default_rng(0)
+    base = rng.normal(1000, 30, (4, size, size))
+    signature = {0: (0, 0, 0, 0), 1: (300, -200, 100, 0), 2: (-200, 300, 0, 200), 3: (0, 100, -300, 300),
+                 5: (200, 200, 200, -200), 9: (-300, -300, 300, 100)}
+    for value, sig in signature.items():
+        base[:, classes == value] += np.array(sig)[:, None]
+    return write_raster(folder / "classes_scene.tif", base.astype("uint16"), nodata=0,
+                        names=["blue", "green", "red", "nir"])
+
+
+@pytest.fixture(scope="session")
+def train_chips(tmp_path_factory) -> Path:
+    """A small chip dataset with 3 classes x 3 polygons (tile 32, stride 16)."""
+    from sparsecover import export_training_data
+
+    folder = tmp_path_factory.mktemp("trainchips")
+    polygons = class_polygons()
+    raster = make_class_scene(folder, polygons)
+    labels = folder / "polygons.gpkg"
+    polygons.to_file(labels)
+    return export_training_data(raster, labels, folder / "chips", class_field="classvalue",
+                                class_name_field="classname", tile_size=32, stride=16, progress=False)

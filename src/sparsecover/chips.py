@@ -38,6 +38,8 @@ class Chip:
     groups: Path | None  # None: groups are derived from the chip's position (Esri exports)
     bounds: tuple[float, float, float, float] | None = None
     group_ids: list[int] = field(default_factory=list)
+    source: int = 0
+    window: tuple[int, int, int, int] | None = None  # col, row, width, height in the source raster
 
 
 @dataclass
@@ -155,6 +157,8 @@ def _open_sparsecover(root: Path) -> ChipDataset:
             groups=root / c["groups"],
             bounds=tuple(c["bounds"]),
             group_ids=list(c.get("group_ids", [])),
+            source=int(c.get("source", 0)),
+            window=tuple(c["window"]) if c.get("window") else None,
         )
         for c in meta["chips"]
     ]
@@ -244,6 +248,10 @@ def _open_esri(root: Path) -> ChipDataset:
     origin = None
     if crs_wkt is not None:
         origin = (min(b[0] for b in bounds), max(b[3] for b in bounds))
+        for chip in chips:  # the chip's place on a grid anchored at the top-left chip
+            col = round((chip.bounds[0] - origin[0]) / resolution[0])
+            row = round((origin[1] - chip.bounds[3]) / resolution[1])
+            chip.window = (col, row, tile, tile)
     else:
         warn(f"{root}: Esri chips carry no georeferencing; the validation split can only be by class")
     extra = set(class_pixels) - set(values)

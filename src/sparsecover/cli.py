@@ -99,6 +99,84 @@ def export(rasters, labels, class_field, class_name_field, out, tile_size, strid
     _print_dataset(open_chip_dataset(path))
 
 
+def _train_options(func):
+    """Options shared by `train` and `lr-find` (they must prepare data the same way)."""
+    options = [
+        click.option("--backbone", default="resnet34", show_default=True, help="Encoder (any segmentation-models-pytorch encoder)."),
+        click.option("--architecture", default="unet", show_default=True, help="unet, unetplusplus, fpn or deeplabv3plus."),
+        click.option("--batch-size", default=8, show_default=True),
+        click.option("--val-fraction", default=0.2, show_default=True, help="Share of spatial groups (polygons) per class held out."),
+        click.option("--ignore-classes", help="Class values to leave out of loss and metrics, e.g. 0,7 (0 always is)."),
+        click.option("--class-weights", type=click.Choice(["auto", "none"]), default="auto", show_default=True,
+                     help="auto: weight the loss by inverse class pixel frequency."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True),
+        click.option("--precision", type=click.Choice(["32", "16-mixed", "bf16-mixed"]), default="32", show_default=True),
+        click.option("--weights", help="none (default), imagenet (downloads once), or a run folder / .safetensors / .pt to fine-tune."),
+        click.option("--bands", help="Bands to use, by name or 1-based number, e.g. red,green,blue,nir."),
+        click.option("--imagery-type", type=click.Choice(["naip", "landsat8", "sentinel2", "ms", "multispectral"]),
+                     help="arcgis.learn-style preset naming the bands."),
+        click.option("--seed", default=42, show_default=True),
+        click.option("--workers", default=0, show_default=True, help="DataLoader worker processes."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bars or epoch table."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _config(**kw):
+    from .train import TrainConfig
+
+    ignore = [int(v) for v in _split(kw.pop("ignore_classes")) or [] if v != "0"]
+    bands = _split(kw.pop("bands"))
+    return TrainConfig(ignore_classes=ignore, bands=bands, **kw)
+
+
+@cli.command()
+@click.argument("chips", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder.")
+@click.option("--epochs", default=10, show_default=True)
+@click.option("--lr", default="auto", show_default=True, help="Learning rate, or auto to run the LR finder first.")
+@click.option("--early-stopping", type=int, help="Stop after N epochs without a better validation loss.")
+@click.option("--devices", default=1, show_default=True, help="Devices (GPUs or CPU processes) per node; >1 uses DDP.")
+@click.option("--num-nodes", default=1, show_default=True, help="Machines for multi-node DDP.")
+@click.option("--strategy", default="auto", show_default=True, help="Lightning strategy: auto, ddp, ddp_spawn, fsdp, ...")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out with the same settings.")
+@_train_options
+def train(chips, out, epochs, lr, early_stopping, devices, num_nodes, strategy, resume, **kw) -> None:
+    """Train a segmentation model (U-Net, ResNet34 by default) on a chip dataset."""
+    from .train import train as run_training
+
+    try:
+        learning_rate = None if lr == "auto" else float(lr)
+    except ValueError:
+        raise SparsecoverError(f"--lr must be auto or a number, got {lr!r}") from None
+    config = _config(epochs=epochs, lr=learning_rate, early_stopping=early_stopping, devices=devices,
+                     num_nodes=num_nodes, strategy=strategy, resume=resume, **kw)
+    run = run_training(chips, out, config)
+    metrics = run / "metrics.json"
+    if metrics.exists():
+        import json
+
+        summary = json.loads(metrics.read_text())
+        out_console.print(f"validation (held-out polygons): accuracy {summary['overall_accuracy']:.3f}, "
+                          f"macro-F1 {summary['macro_f1']:.3f}, kappa {summary['kappa']:.3f}")
+    out_console.print(f"run folder: {run}  (model: {run / 'model'})")
+
+
+@cli.command("lr-find")
+@click.argument("chips", type=click.Path(path_type=Path))
+@click.option("--out", default="lr_find.png", show_default=True, type=click.Path(path_type=Path), help="Plot of the LR range test.")
+@_train_options
+def lr_find(chips, out, **kw) -> None:
+    """Run the LR range test and print the suggested learning rate."""
+    from .train import find_lr, prepare
+
+    config = _config(**kw)
+    suggestion = find_lr(prepare(chips, config), config, out)
+    out_console.print(f"suggested learning rate: {suggestion:.3g}  (plot: {out})")
+
+
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
 def info(path: Path) -> None:

@@ -1,0 +1,291 @@
+"""Training data: class mapping, normalisation, the leak-free spatial split, augmentation, torch datasets.
+
+The split is by spatial group (a polygon, or a connected label region): every group is wholly in
+training or wholly in validation. Chips overlap, so one chip can hold pixels of both splits; the
+training copy of such a chip sees the validation pixels as "ignore" and vice versa. Validation
+pixels are scored once each even where validation chips overlap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .chips import ChipDataset
+from .errors import SparsecoverError, warn
+
+IGNORE_INDEX = 255  # label index the loss and every metric skip
+
+#: imagery_type presets (arcgis.learn names): the band names they imply, in order.
+IMAGERY_TYPES: dict[str, list[str] | None] = {
+    "naip": ["red", "green", "blue", "nir"],
+    "landsat8": ["coastal", "blue", "green", "red", "nir", "swir1", "swir2", "pan", "cirrus", "tirs1", "tirs2"],
+    "sentinel2": ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"],
+    "ms": None,
+    "multispectral": None,
+}
+
+
+@dataclass
+class ClassMapping:
+    """User class values <-> contiguous model indices (non-contiguous values allowed)."""
+
+    values: list[int]  # model index -> user class value
+    names: list[str]
+    colors: list[str]
+
+    def lut(self) -> np.ndarray:
+        """uint8 lookup: user value -> model index, IGNORE_INDEX for 0, ignored and unknown values."""
+        table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+        for index, value in enumerate(self.values):
+            table[value] = index
+        return table
+
+
+def class_mapping(dataset: ChipDataset, ignore_classes: list[int]) -> ClassMapping:
+    kept = [c for c in dataset.classes if c.value not in ignore_classes and c.value != 0]
+    unknown = set(ignore_classes) - {c.value for c in dataset.classes} - {0}
+    if unknown:
+        raise SparsecoverError(
+            f"--ignore-classes names {sorted(unknown)}, which the dataset does not have "
+            f"(classes: {', '.join(str(c.value) for c in dataset.classes)})"
+        )
+    with_pixels = [c for c in kept if dataset.class_pixel_counts.get(c.value, 0) > 0]
+    if len(with_pixels) < 2:
+        raise SparsecoverError(
+            f"{dataset.root}: fewer than 2 classes with labelled pixels are left after ignoring "
+            f"{ignore_classes or 'none'}; a classifier needs at least 2"
+        )
+    for c in kept:
+        if dataset.class_pixel_counts.get(c.value, 0) == 0:
+            warn(f"class {c.value} ({c.name}) has no labelled pixel: the model keeps it but cannot learn it")
+    return ClassMapping([c.value for c in kept], [c.name for c in kept], [c.color for c in kept])
+
+
+@dataclass
+class Normalisation:
+    """Per-band percentile clip, then standardisation; travels with the model for inference."""
+
+    low: list[float]
+    high: list[float]
+    mean: list[float]
+    std: list[float]
+
+    @classmethod
+    def from_statistics(cls, statistics: list[dict]) -> Normalisation:
+        low = [s["p1"] for s in statistics]
+        high = [s["p99"] for s in statistics]
+        mean, std = [], []
+        for s, lo, hi in zip(statistics, low, high):
+            # standardise with the clipped range's spread, so a few extreme pixels do not flatten it
+            mean.append(float(min(max(s["mean"], lo), hi)))
+            std.append(float(max(s["std"], 1e-6)))
+        return cls(low, high, mean, std)
+
+    def apply(self, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """(bands, h, w) raw values -> float32 normalised values; invalid pixels become 0."""
+        low = np.asarray(self.low, dtype=np.float32)[:, None, None]
+        high = np.asarray(self.high, dtype=np.float32)[:, None, None]
+        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
+        out = (np.clip(image.astype(np.float32), low, high) - mean) / std
+        out[:, ~valid] = 0.0
+        return out
+
+    def as_json(self) -> dict:
+        return {"method": "percentile-clip-standardise", "low": self.low, "high": self.high,
+                "mean": self.mean, "std": self.std}
+
+
+def valid_pixels(image: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Pixels where every band holds data (not the chip's nodata value, finite)."""
+    valid = np.ones(image.shape[1:], dtype=bool)
+    if np.issubdtype(image.dtype, np.floating):
+        valid &= np.all(np.isfinite(image), axis=0)
+    if nodata is not None and not np.isnan(nodata):
+        valid &= ~np.all(image == nodata, axis=0)
+    return valid
+
+
+@dataclass
+class Split:
+    """Which spatial groups train and which validate, decided once per seed."""
+
+    train_groups: set[int]
+    valid_groups: set[int]
+    unvalidated_classes: list[int] = field(default_factory=list)
+
+
+def spatial_split(dataset: ChipDataset, mapping: ClassMapping, fraction: float, seed: int) -> Split:
+    """Stratified split of spatial groups: each class with >= 2 groups gets >= 1 validation group.
+
+    Deterministic for a seed. A group is validation as a whole, so no validation pixel shares a
+    polygon (or label region) with a training pixel.
+    """
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[int]] = {}
+    for gid, info in sorted(dataset.groups.items()):
+        if info["class"] in mapping.values and info["pixels"] > 0:
+            by_class.setdefault(info["class"], []).append(gid)
+    train, valid, unvalidated = set(), set(), []
+    for value in mapping.values:
+        groups = by_class.get(value, [])
+        order = [groups[i] for i in rng.permutation(len(groups))]
+        n_valid = 0
+        if fraction > 0 and len(groups) >= 2:
+            n_valid = min(len(groups) - 1, max(1, int(round(fraction * len(groups)))))
+        elif fraction > 0 and groups:
+            unvalidated.append(value)
+        valid.update(order[:n_valid])
+        train.update(order[n_valid:])
+    for value in unvalidated:
+        name = mapping.names[mapping.values.index(value)]
+        warn(f"class {value} ({name}) has a single polygon/region: it is trained on but cannot be validated")
+    return Split(train, valid, unvalidated)
+
+
+def augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, jitter: float = 0.1):
+    """One of the 8 flips/rotations, and mild per-band brightness/contrast jitter (normalised space)."""
+    k = int(rng.integers(4))
+    image, label = np.rot90(image, k, axes=(1, 2)), np.rot90(label, k)
+    if rng.random() < 0.5:
+        image, label = image[:, :, ::-1], label[:, ::-1]
+    if jitter > 0:
+        bands = image.shape[0]
+        gain = 1.0 + rng.uniform(-jitter, jitter, (bands, 1, 1)).astype(np.float32)
+        bias = rng.uniform(-jitter, jitter, (bands, 1, 1)).astype(np.float32)
+        image = image * gain + bias
+    return np.ascontiguousarray(image), np.ascontiguousarray(label)
+
+
+class ChipTorchDataset(Dataset):
+    """Chips of one split as (normalised image tensor, label index tensor) pairs.
+
+    Labels hold model indices; IGNORE_INDEX marks unlabelled, ignored-class, nodata and
+    other-split pixels. Small datasets are read once and kept in memory.
+    """
+
+    CACHE_BYTES = 2 * 1024**3
+
+    def __init__(
+        self,
+        dataset: ChipDataset,
+        indices: list[int],
+        own_groups: set[int],
+        mapping: ClassMapping,
+        normalisation: Normalisation,
+        bands: list[int],
+        train: bool,
+        seed: int = 0,
+        score_once: bool = False,
+    ) -> None:
+        self.dataset = dataset
+        self.indices = indices
+        self.own_groups = np.array(sorted(own_groups), dtype=np.int64)
+        self.lut = mapping.lut()
+        self.normalisation = normalisation
+        self.bands = bands
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+        tile = dataset.tile_size
+        estimate = len(indices) * (len(bands) * 4 + 1) * tile * tile
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if estimate < self.CACHE_BYTES else None
+        self._seen_mask = self._score_once_masks() if score_once else None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _score_once_masks(self) -> dict[int, np.ndarray]:
+        """For overlapping validation chips: score each validation pixel in the first chip holding it."""
+        masks, seen = {}, set()
+        for position, index in enumerate(self.indices):
+            chip = self.dataset.chips[index]
+            _, label, groups = self.dataset.read(index)
+            mine = np.isin(groups, self.own_groups) & (label > 0)
+            if chip.window is None:
+                masks[position] = mine
+                continue
+            col, row = chip.window[0], chip.window[1]
+            rows, cols = np.nonzero(mine)
+            keys = [(chip.source, int(r) + row, int(c) + col) for r, c in zip(rows, cols)]
+            keep = np.array([k not in seen for k in keys], dtype=bool)
+            seen.update(keys)
+            mask = np.zeros_like(mine)
+            mask[rows[keep], cols[keep]] = True
+            masks[position] = mask
+        return masks
+
+    def _load(self, position: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._cache is not None and position in self._cache:
+            return self._cache[position]
+        image, label, groups = self.dataset.read(self.indices[position])
+        image = image[self.bands]
+        valid = valid_pixels(image, self.dataset.nodata)
+        target = self.lut[label]
+        keep = valid & np.isin(groups, self.own_groups)
+        if self._seen_mask is not None:
+            keep &= self._seen_mask[position]
+        target[~keep] = IGNORE_INDEX
+        item = (self.normalisation.apply(image, valid), target)
+        if self._cache is not None:
+            self._cache[position] = item
+        return item
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, target = self._load(position)
+        if self.train:
+            rng = np.random.default_rng((self.seed, self.epoch, position))
+            image, target = augment(image, target, rng)
+        return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(target.astype(np.int64))
+
+
+def class_weights(dataset: ChipDataset, mapping: ClassMapping, train_groups: set[int]) -> list[float]:
+    """Inverse-frequency weights from the training groups' pixel counts, mean 1, capped at 10x.
+
+    Classes without training pixels get weight 0 (nothing to learn from; keeps the loss finite).
+    """
+    counts = np.zeros(len(mapping.values))
+    for gid in train_groups:
+        info = dataset.groups[gid]
+        counts[mapping.values.index(info["class"])] += info["pixels"]
+    present = counts > 0
+    weights = np.zeros_like(counts)
+    weights[present] = counts[present].sum() / (present.sum() * counts[present])
+    weights[present] = np.minimum(weights[present] / weights[present].mean(), 10.0)
+    return weights.tolist()
+
+
+def select_bands(dataset: ChipDataset, bands: list[str] | list[int] | None, imagery_type: str | None) -> tuple[list[int], list[str]]:
+    """Band indices (0-based) and names to train on: ``bands`` by name or 1-based number, else all."""
+    names = [b.name for b in dataset.bands]
+    if imagery_type is not None:
+        if imagery_type not in IMAGERY_TYPES:
+            raise SparsecoverError(
+                f"unknown imagery_type {imagery_type!r}; choose one of {', '.join(IMAGERY_TYPES)}"
+            )
+        preset = IMAGERY_TYPES[imagery_type]
+        if preset is not None and bands is None:
+            if len(preset) != len(names):
+                raise SparsecoverError(
+                    f"{dataset.root}: imagery_type {imagery_type!r} means {len(preset)} bands "
+                    f"({', '.join(preset)}) but the chips have {len(names)}; pass bands= or imagery_type='ms'"
+                )
+            names = preset
+    if bands is None:
+        return list(range(len(names))), names
+    chosen = []
+    for band in bands:
+        if isinstance(band, int) or str(band).isdigit():
+            index = int(band) - 1
+            if not 0 <= index < len(names):
+                raise SparsecoverError(f"band {band} does not exist; the chips have bands 1..{len(names)}")
+        else:
+            if band not in names:
+                raise SparsecoverError(f"no band named {band!r}; the chips have: {', '.join(names)}")
+            index = names.index(band)
+        chosen.append(index)
+    return chosen, [names[i] for i in chosen]

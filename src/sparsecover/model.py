@@ -1,0 +1,114 @@
+"""The network: a segmentation-models-pytorch U-Net (any smp encoder) for any number of bands.
+
+ImageNet weights (``weights="imagenet"``) need the internet on first use; they are optional and
+never used in tests. Their first convolution is adapted to N bands: the red, green and blue filters
+go to the bands named red/green/blue when the names say so, every other band starts from the mean
+RGB filter, and the whole kernel is scaled so the layer's response keeps its size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+from .errors import SparsecoverError
+
+ARCHITECTURES = {"unet": smp.Unet, "unetplusplus": smp.UnetPlusPlus, "fpn": smp.FPN,
+                 "deeplabv3plus": smp.DeepLabV3Plus}
+
+
+def build_model(
+    num_bands: int,
+    num_classes: int,
+    backbone: str = "resnet34",
+    architecture: str = "unet",
+    weights: str | None = None,
+    band_names: list[str] | None = None,
+) -> nn.Module:
+    """A segmentation network: ``num_bands`` in, ``num_classes`` logits out, at input resolution."""
+    if architecture not in ARCHITECTURES:
+        raise SparsecoverError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+    if backbone not in smp.encoders.get_encoder_names():
+        raise SparsecoverError(f"unknown backbone {backbone!r}; e.g. resnet18, resnet34, resnet50, efficientnet-b0")
+    cls = ARCHITECTURES[architecture]
+    if weights == "imagenet":
+        try:
+            model = cls(encoder_name=backbone, encoder_weights="imagenet", in_channels=3, classes=num_classes)
+        except Exception as exc:  # download or cache failure
+            raise SparsecoverError(
+                f"cannot load ImageNet weights for {backbone} ({exc}); they are downloaded on first use: "
+                "check the internet connection or use --weights none"
+            ) from None
+        adapt_first_conv(model.encoder, num_bands, band_names or [])
+        return model
+    model = cls(encoder_name=backbone, encoder_weights=None, in_channels=num_bands, classes=num_classes)
+    if weights not in (None, "none"):
+        load_weights(model, Path(weights))
+    return model
+
+
+def _first_conv(module: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
+    for name, child in module.named_modules():
+        if isinstance(child, nn.Conv2d):
+            parent_name, _, attr = name.rpartition(".")
+            parent = module.get_submodule(parent_name) if parent_name else module
+            return parent, attr, child
+    raise SparsecoverError("the encoder has no convolution to adapt")
+
+
+def adapt_first_conv(encoder: nn.Module, num_bands: int, band_names: list[str]) -> None:
+    """Replace the encoder's RGB stem by an N-band one initialised from the RGB filters."""
+    parent, attr, conv = _first_conv(encoder)
+    if conv.in_channels == num_bands and num_bands != 3:
+        return
+    rgb = conv.weight.detach()  # (out, 3, k, k), channels in R, G, B order
+    lowered = [n.lower() for n in band_names]
+    new = torch.empty(conv.out_channels, num_bands, *conv.kernel_size)
+    mean = rgb.mean(dim=1)
+    for i in range(num_bands):
+        name = lowered[i] if i < len(lowered) else ""
+        source = {"red": 0, "r": 0, "green": 1, "g": 1, "blue": 2, "b": 2}.get(name)
+        if source is None and not band_names and i < 3:
+            source = i  # unnamed bands: assume the first three are R, G, B
+        new[:, i] = rgb[:, source] if source is not None else mean
+    new *= 3.0 / num_bands
+    replacement = nn.Conv2d(num_bands, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                            conv.dilation, conv.groups, conv.bias is not None)
+    with torch.no_grad():
+        replacement.weight.copy_(new)
+        if conv.bias is not None:
+            replacement.bias.copy_(conv.bias)
+    setattr(parent, attr, replacement)
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Start from local weights: a run folder, a model folder, .safetensors or a torch state dict."""
+    if path.is_dir():
+        candidates = [path / "model" / "weights.safetensors", path / "weights.safetensors"]
+        path = next((c for c in candidates if c.exists()), path)
+    if not path.exists() or path.is_dir():
+        raise SparsecoverError(f"{path}: weights not found (pass a run folder, .safetensors or .pt file)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state)
+            state = {k.removeprefix("model."): v for k, v in state.items()}
+    except Exception as exc:
+        raise SparsecoverError(f"{path}: cannot read weights ({exc})") from None
+    own = model.state_dict()
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in state]
+    if mismatched or missing:
+        detail = (f"{mismatched[0]} is {tuple(state[mismatched[0]].shape)} there but "
+                  f"{tuple(own[mismatched[0]].shape)} here" if mismatched else f"{len(missing)} tensors missing, e.g. {missing[0]}")
+        raise SparsecoverError(
+            f"{path}: weights do not fit this model ({detail}); use the same backbone, band count and classes"
+        )
+    model.load_state_dict(state, strict=False)

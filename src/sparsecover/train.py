@@ -1,0 +1,516 @@
+"""`sparsecover train` / `lr-find`: a segmentation network from a chip dataset, on PyTorch Lightning.
+
+Lightning brings devices, mixed precision, DDP (multi-GPU, multi-node) and checkpointing; this
+module adds what sparse land-cover labels need: a loss that ignores unlabelled pixels, a validation
+split by spatial group, AdamW with a one-cycle schedule, the LR range test, a per-epoch table and
+``history.csv``, early stopping with the best weights restored, and ``--resume`` that refuses a run
+made with other settings.
+
+A run folder holds ``config.json``, ``history.csv``, ``checkpoints/`` (last and best), ``logs/``,
+``lr_find.png`` when the LR was found, ``metrics.json`` (validation per-class metrics of the final
+model) and ``model/`` (``model.json`` + ``weights.safetensors``: everything inference needs).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+from torch.utils.data import DataLoader
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from . import __version__
+from .chips import DATASET_FILE, ChipDataset, open_chip_dataset
+from .data import (
+    IGNORE_INDEX,
+    ChipTorchDataset,
+    ClassMapping,
+    Normalisation,
+    Split,
+    class_mapping,
+    class_weights,
+    select_bands,
+    spatial_split,
+)
+from .errors import SparsecoverError
+from .metrics import summarize
+from .model import build_model
+
+MODEL_DIR = "model"
+HISTORY_COLUMNS = ["epoch", "train_loss", "valid_loss", "accuracy", "macro_f1", "lr", "time_s"]
+# Settings that may differ between a run and its --resume (the rest must match).
+RESUMABLE_DIFFERENCES = {"workers", "quiet", "resume"}
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting; stored in config.json and compared on --resume."""
+
+    backbone: str = "resnet34"
+    architecture: str = "unet"
+    epochs: int = 10
+    lr: float | None = None  # None: run the LR finder first
+    batch_size: int = 8
+    val_fraction: float = 0.2
+    ignore_classes: list[int] = field(default_factory=list)
+    class_weights: str = "auto"  # auto | none
+    device: str = "auto"  # auto | cpu | cuda | mps
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32"
+    weights: str | None = None  # none | imagenet | PATH
+    seed: int = 42
+    early_stopping: int | None = None
+    workers: int = 0
+    bands: list[str] | None = None
+    imagery_type: str | None = None
+    weight_decay: float = 1e-2
+    quiet: bool = False
+    resume: bool = False
+
+
+@dataclass
+class Prepared:
+    """A chip dataset made ready for training: classes, bands, normalisation, split, torch datasets."""
+
+    dataset: ChipDataset
+    mapping: ClassMapping
+    band_indices: list[int]
+    band_names: list[str]
+    normalisation: Normalisation
+    split: Split
+    train: ChipTorchDataset
+    valid: ChipTorchDataset | None
+    weights: list[float]
+
+
+def prepare(chips: str | Path | ChipDataset, config: TrainConfig) -> Prepared:
+    """Open a chip dataset and build the class mapping, normalisation and leak-free split."""
+    dataset = chips if isinstance(chips, ChipDataset) else open_chip_dataset(chips)
+    if len(dataset) == 0:
+        raise SparsecoverError(f"{dataset.root}: the chip dataset holds no chips")
+    if not 0 <= config.val_fraction < 1:
+        raise SparsecoverError(f"--val-fraction must be in [0, 1), got {config.val_fraction}")
+    mapping = class_mapping(dataset, list(config.ignore_classes))
+    band_indices, band_names = select_bands(dataset, config.bands, config.imagery_type)
+    stats = [dataset.statistics[i] for i in band_indices]
+    normalisation = Normalisation.from_statistics(stats)
+    split = spatial_split(dataset, mapping, config.val_fraction, config.seed)
+    group_sets = [set(c.group_ids) for c in dataset.chips]
+    if not any(g for g in group_sets):  # Esri: chip group ids are known once groups are computed
+        dataset.groups  # noqa: B018 - fills chip.group_ids
+        group_sets = [set(c.group_ids) for c in dataset.chips]
+    train_idx = [i for i, g in enumerate(group_sets) if g & split.train_groups]
+    valid_idx = [i for i, g in enumerate(group_sets) if g & split.valid_groups]
+    common = dict(dataset=dataset, mapping=mapping, normalisation=normalisation, bands=band_indices)
+    train = ChipTorchDataset(indices=train_idx, own_groups=split.train_groups, train=True, seed=config.seed, **common)
+    valid = (
+        ChipTorchDataset(indices=valid_idx, own_groups=split.valid_groups, train=False, score_once=True, **common)
+        if valid_idx
+        else None
+    )
+    weights = (
+        class_weights(dataset, mapping, split.train_groups)
+        if config.class_weights == "auto"
+        else [1.0] * len(mapping.values)
+    )
+    if config.class_weights not in ("auto", "none"):
+        raise SparsecoverError(f"--class-weights must be auto or none, got {config.class_weights!r}")
+    return Prepared(dataset, mapping, band_indices, band_names, normalisation, split, train, valid, weights)
+
+
+class SegmentationTask(L.LightningModule):
+    """Cross-entropy that ignores unlabelled pixels, AdamW + one-cycle, confusion-matrix metrics."""
+
+    def __init__(self, num_bands: int, num_classes: int, class_weights: list[float], backbone: str,
+                 architecture: str, lr: float, weight_decay: float, weights: str | None = None,
+                 band_names: list[str] | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_model(num_bands, num_classes, backbone, architecture, weights, band_names)
+        self.loss = nn.CrossEntropyLoss(weight=torch.tensor(class_weights, dtype=torch.float32),
+                                        ignore_index=IGNORE_INDEX, reduction="sum")
+        self.lr = lr
+        self.valid_loss = MeanMetric()
+        self.train_loss = MeanMetric()
+        self.confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        image, target = batch
+        logits = self(image)
+        labelled = target != IGNORE_INDEX
+        weight = self.loss.weight[target[labelled]].sum() if labelled.any() else logits.new_tensor(0.0)
+        total = self.loss(logits, target)
+        loss = total / weight.clamp_min(1e-8)
+        return loss, logits, weight
+
+    def training_step(self, batch, batch_idx):
+        loss, _, weight = self._loss(batch)
+        self.train_loss.update(loss.detach(), weight.detach())
+        self.log("train_loss", self.train_loss, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, logits, weight = self._loss(batch)
+        if weight > 0:
+            self.valid_loss.update(loss, weight)
+        self.confusion.update(logits.argmax(1), batch[1])
+
+    def on_validation_epoch_end(self) -> None:
+        matrix = self.confusion.compute().cpu().numpy()
+        self.confusion.reset()
+        summary = summarize(matrix)
+        self.log("valid_loss", self.valid_loss.compute(), sync_dist=True)
+        self.valid_loss.reset()
+        self.log("accuracy", _finite(summary["overall_accuracy"]))
+        self.log("macro_f1", _finite(summary["macro_f1"]))
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.hparams.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.lr, total_steps=total,
+                                                        pct_start=0.25)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _finite(value: float) -> float:
+    return 0.0 if math.isnan(value) else value
+
+
+class EpochTable(Callback):
+    """Prints one row per epoch and keeps history.csv complete, across --resume too."""
+
+    def __init__(self, path: Path, quiet: bool) -> None:
+        self.path = path
+        self.quiet = quiet
+        self.started = 0.0
+        self.rows: list[dict] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        start = trainer.current_epoch  # restored from the checkpoint by now, when resuming
+        if not trainer.is_global_zero:
+            return
+        if self.path.exists():
+            with self.path.open() as fh:
+                self.rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) < start]
+        self._write()
+        if not self.quiet and not self.rows:
+            print("  ".join(f"{c:>10}" for c in HISTORY_COLUMNS))
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        row = {
+            "epoch": trainer.current_epoch,
+            "train_loss": _metric(metrics, "train_loss"),
+            "valid_loss": _metric(metrics, "valid_loss"),
+            "accuracy": _metric(metrics, "accuracy"),
+            "macro_f1": _metric(metrics, "macro_f1"),
+            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "time_s": round(time.perf_counter() - self.started, 2),
+        }
+        self.rows.append(row)
+        self._write()
+        if not self.quiet:
+            print("  ".join(_fmt(row[c]) for c in HISTORY_COLUMNS), flush=True)
+
+    def _write(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, HISTORY_COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.path)
+
+
+def _metric(metrics: dict, name: str) -> float | str:
+    value = metrics.get(name)
+    return "" if value is None else float(value)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:>10.4g}"
+    return f"{value!s:>10}"
+
+
+def _accelerator(device: str) -> str:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SparsecoverError("--device cuda asked for, but no CUDA GPU is available; use --device auto or cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise SparsecoverError("--device mps asked for, but MPS is not available; use --device auto or cpu")
+    if device not in ("auto", "cpu", "cuda", "mps"):
+        raise SparsecoverError(f"--device must be auto, cpu, cuda or mps, got {device!r}")
+    return {"cuda": "gpu"}.get(device, device)
+
+
+def _loaders(prepared: Prepared, config: TrainConfig) -> tuple[DataLoader, DataLoader | None]:
+    kwargs = dict(batch_size=config.batch_size, num_workers=config.workers,
+                  persistent_workers=config.workers > 0)
+    train = DataLoader(prepared.train, shuffle=True, drop_last=len(prepared.train) > config.batch_size, **kwargs)
+    valid = DataLoader(prepared.valid, shuffle=False, **kwargs) if prepared.valid is not None else None
+    return train, valid
+
+
+def _quiet_lightning(quiet: bool) -> None:
+    """Lightning's banners (devices, tips, checkpoint paths) are noise next to the epoch table."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*val_dataloader.*Skipping val loop.*")
+    warnings.filterwarnings("ignore", message=".*weights_only.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*number of training batches.*smaller than the logging interval.*")
+
+
+def _trainer(config: TrainConfig, run: Path | None, callbacks: list, max_epochs: int,
+             root: Path | None = None) -> L.Trainer:
+    return L.Trainer(
+        accelerator=_accelerator(config.device),
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=config.precision,
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        logger=CSVLogger(run, name="logs", version="") if run is not None else False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        enable_progress_bar=not config.quiet,
+        enable_model_summary=False,
+        deterministic=True,
+        log_every_n_steps=1,
+        default_root_dir=run or root,
+    )
+
+
+def find_lr(prepared: Prepared, config: TrainConfig, plot: Path | None = None, workdir: Path | None = None) -> float:
+    """LR range test (exponential sweep 1e-6..1 over up to 100 steps); returns the suggested LR."""
+    _quiet_lightning(config.quiet)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    task = _task(prepared, config, lr=1e-3)
+    train, _ = _loaders(prepared, config)
+    steps = 100
+    trainer = _trainer(config, None, [], max_epochs=steps // max(1, len(train)) + 2,
+                       root=workdir or (plot.parent if plot else None))
+    from lightning.pytorch.tuner import Tuner
+
+    finder = Tuner(trainer).lr_find(task, train_dataloaders=train, min_lr=1e-6, max_lr=1.0,
+                                    num_training=steps, update_attr=False, early_stop_threshold=None)
+    suggestion = _suggest(finder.results["lr"], finder.results["loss"]) if finder is not None else 1e-3
+    if plot is not None and finder is not None:
+        plot_lr_curve(finder.results["lr"], finder.results["loss"], suggestion, plot)
+    return float(suggestion)
+
+
+def plot_lr_curve(lrs: list[float], losses: list[float], suggestion: float, path: Path) -> None:
+    """The LR range test's smoothed loss against LR (log axis), with the suggestion marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(lrs, losses)
+    ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested {suggestion:.2e}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss (smoothed)")
+    ax.set_title("LR range test")
+    ax.legend()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _suggest(lrs: list[float], losses: list[float]) -> float:
+    """A tenth of the LR where the smoothed loss is lowest: robust where the steepest slope is noise."""
+    pairs = [(lr, loss) for lr, loss in zip(lrs, losses) if math.isfinite(loss)]
+    pairs = pairs[len(pairs) // 10 :]  # the first points of the smoothed curve are mostly bias
+    if len(pairs) < 3:
+        return 1e-3
+    lr_at_min = min(pairs, key=lambda p: p[1])[0]
+    return float(lr_at_min / 10)
+
+
+def _task(prepared: Prepared, config: TrainConfig, lr: float) -> SegmentationTask:
+    return SegmentationTask(
+        num_bands=len(prepared.band_indices), num_classes=len(prepared.mapping.values),
+        class_weights=prepared.weights, backbone=config.backbone, architecture=config.architecture,
+        lr=lr, weight_decay=config.weight_decay, weights=config.weights, band_names=prepared.band_names,
+    )
+
+
+def _check_resume(run: Path, config: TrainConfig, dataset: ChipDataset) -> None:
+    saved_path = run / "config.json"
+    if not saved_path.exists() or not (run / "checkpoints" / "last.ckpt").exists():
+        raise SparsecoverError(f"{run}: nothing to resume (no config.json and checkpoints/last.ckpt)")
+    saved = json.loads(saved_path.read_text())
+    current = {**asdict(config), "dataset": str(dataset.root.resolve())}
+    for key in sorted(set(saved["settings"]) | set(current)):
+        if key in RESUMABLE_DIFFERENCES or key == "lr":
+            continue
+        if saved["settings"].get(key) != current.get(key):
+            raise SparsecoverError(
+                f"{run}: --resume with other settings: {key} was {saved['settings'].get(key)!r}, "
+                f"now {current.get(key)!r}; rerun with the same settings or use a new --out"
+            )
+
+
+def dataset_hash(dataset: ChipDataset) -> str | None:
+    path = dataset.root / DATASET_FILE
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def train(chips: str | Path | ChipDataset, out: str | Path, config: TrainConfig | None = None) -> Path:
+    """Train a model on a chip dataset into the run folder ``out``; returns the run folder."""
+    config = config or TrainConfig()
+    run = Path(out)
+    if config.epochs < 1:
+        raise SparsecoverError(f"--epochs must be at least 1, got {config.epochs}")
+    _accelerator(config.device)
+    prepared = prepare(chips, config)
+    if config.resume:
+        _check_resume(run, config, prepared.dataset)
+        saved = json.loads((run / "config.json").read_text())
+        lr = saved["settings"]["lr"]
+    else:
+        if run.exists() and any(run.iterdir()):
+            raise SparsecoverError(f"{run}: run folder exists and is not empty; use --resume or a new --out")
+        run.mkdir(parents=True, exist_ok=True)
+        lr = config.lr if config.lr is not None else find_lr(prepared, config, run / "lr_find.png")
+        settings = {**asdict(config), "lr": lr, "dataset": str(prepared.dataset.root.resolve())}
+        (run / "config.json").write_text(json.dumps({"settings": settings, "sparsecover_version": __version__}, indent=1))
+    _quiet_lightning(config.quiet)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    task = _task(prepared, config, lr)
+    train_loader, valid_loader = _loaders(prepared, config)
+    monitor = "valid_loss" if valid_loader is not None else "train_loss"
+    best = ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor=monitor, mode="min",
+                           save_top_k=1, save_last=True, enable_version_counter=False)
+    callbacks: list = [best, EpochTable(run / "history.csv", config.quiet)]
+    if config.early_stopping:
+        callbacks.append(EarlyStopping(monitor=monitor, patience=config.early_stopping, mode="min"))
+    trainer = _trainer(config, run, callbacks, config.epochs)
+    resume_from = run / "checkpoints" / "last.ckpt" if config.resume else None
+    trainer.fit(task, train_loader, valid_loader, ckpt_path=resume_from)
+    if not trainer.is_global_zero:
+        return run
+    if best.best_model_path:
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+        task.load_state_dict(state)
+    metrics = evaluate_split(task, valid_loader, prepared) if valid_loader is not None else None
+    if metrics is not None:
+        (run / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_model_folder(run / MODEL_DIR, task, prepared, config, lr, run, metrics)
+    return run
+
+
+@torch.inference_mode()
+def evaluate_split(task: SegmentationTask, loader: DataLoader, prepared: Prepared) -> dict:
+    """Per-class metrics of ``task`` on a validation loader (each validation pixel scored once)."""
+    from .metrics import confusion_matrix
+
+    task.eval()
+    device = next(task.parameters()).device
+    k = len(prepared.mapping.values)
+    matrix = np.zeros((k, k), dtype=np.int64)
+    for image, target in loader:
+        prediction = task(image.to(device)).argmax(1).cpu().numpy()
+        target = target.numpy()
+        keep = target != IGNORE_INDEX
+        matrix += confusion_matrix(target[keep], prediction[keep], k)
+    summary = summarize(matrix, prepared.mapping.names)
+    summary["confusion_matrix"] = matrix.tolist()
+    summary["class_values"] = prepared.mapping.values
+    return summary
+
+
+def save_model_folder(folder: Path, task: SegmentationTask, prepared: Prepared, config: TrainConfig,
+                      lr: float, run: Path, metrics: dict | None) -> None:
+    """Weights (safetensors) and model.json: all that inference and the model package need."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in task.model.state_dict().items()}
+    save_file(state, str(folder / "weights.safetensors"))
+    dataset = prepared.dataset
+    history = []
+    if (run / "history.csv").exists():
+        with (run / "history.csv").open() as fh:
+            history = list(csv.DictReader(fh))
+    import lightning
+    import segmentation_models_pytorch as smp
+
+    model_json = {
+        "schema_version": 1,
+        "architecture": config.architecture,
+        "encoder": config.backbone,
+        "input_channels": len(prepared.band_indices),
+        "classes": [
+            {"index": i, "value": v, "name": n, "color": c}
+            for i, (v, n, c) in enumerate(zip(prepared.mapping.values, prepared.mapping.names, prepared.mapping.colors))
+        ],
+        "ignore_classes": list(config.ignore_classes),
+        "bands": [
+            {"name": name, "source_index": i + 1, "dtype": dataset.bands[i].dtype, "nodata": dataset.bands[i].nodata}
+            for i, name in zip(prepared.band_indices, prepared.band_names)
+        ],
+        "nodata": dataset.nodata,
+        "normalisation": prepared.normalisation.as_json(),
+        "training_statistics": [dataset.statistics[i] for i in prepared.band_indices],
+        "tile_size": dataset.tile_size,
+        "padding": dataset.tile_size // 8,
+        "resolution": list(dataset.resolution) if dataset.resolution else None,
+        "crs": dataset.crs_wkt,
+        "training": {
+            "epochs": len(history),
+            "lr": lr,
+            "batch_size": config.batch_size,
+            "seed": config.seed,
+            "precision": config.precision,
+            "weights": config.weights,
+            "history": history,
+            "validation_metrics": metrics,
+            "train_groups": len(prepared.split.train_groups),
+            "valid_groups": len(prepared.split.valid_groups),
+        },
+        "dataset": {"path": str(dataset.root.resolve()), "kind": dataset.kind, "sha256": dataset_hash(dataset)},
+        "versions": {"sparsecover": __version__, "torch": torch.__version__,
+                     "segmentation_models_pytorch": smp.__version__, "lightning": lightning.__version__},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    (folder / "model.json").write_text(json.dumps(_json_safe(model_json), indent=1))
+
+
+def _json_safe(value):
+    """NaN is not JSON: write it as null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value

@@ -1,0 +1,192 @@
+"""train: runs, leak-free split, reproducibility, resume after SIGKILL, DDP with two CPU processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio import features
+
+from conftest import class_polygons, make_class_scene
+from sparsecover import SparsecoverError, export_training_data, open_chip_dataset
+from sparsecover.data import IGNORE_INDEX
+from sparsecover.model import adapt_first_conv
+from sparsecover.train import TrainConfig, prepare, train
+
+FAST = dict(backbone="resnet18", epochs=2, lr=1e-3, batch_size=8, quiet=True, seed=7)
+
+
+def _history(run):
+    with open(run / "history.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_no_validation_pixel_lies_in_a_training_polygon(train_chips):
+    prepared = prepare(train_chips, TrainConfig(val_fraction=0.34, seed=1))
+    split = prepared.split
+    assert split.train_groups and split.valid_groups and not split.train_groups & split.valid_groups
+    polygons = gpd.read_file(train_chips.parent / "polygons.gpkg")
+    train_polys = polygons.iloc[[g - 1 for g in sorted(split.train_groups)]]
+    scored = 0
+    for position, index in enumerate(prepared.valid.indices):
+        _, target = prepared.valid[position]
+        chip = prepared.dataset.chips[index]
+        with rasterio.open(chip.label) as src:
+            inside_train = features.rasterize(train_polys.geometry, out_shape=(src.height, src.width),
+                                              transform=src.transform, all_touched=True)
+        scored_pixels = target.numpy() != IGNORE_INDEX
+        assert not np.any(scored_pixels & (inside_train > 0)), chip.id
+        scored += scored_pixels.sum()
+    # each validation pixel is scored once, however many validation chips overlap it
+    valid_pixels = sum(prepared.dataset.groups[g]["pixels"] for g in split.valid_groups)
+    assert scored == valid_pixels
+    for position in range(len(prepared.train)):
+        _, target = prepared.train[position]
+        assert (target != IGNORE_INDEX).any()
+
+
+def test_split_is_stratified_and_deterministic(train_chips):
+    a = prepare(train_chips, TrainConfig(seed=3)).split
+    b = prepare(train_chips, TrainConfig(seed=3)).split
+    assert a.valid_groups == b.valid_groups
+    ds = open_chip_dataset(train_chips)
+    assert {ds.groups[g]["class"] for g in a.valid_groups} == {1, 2, 3}
+
+
+def test_train_writes_run_folder_model_and_history(train_chips, tmp_path):
+    run = train(train_chips, tmp_path / "run", TrainConfig(**FAST))
+    rows = _history(run)
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert set(rows[0]) == {"epoch", "train_loss", "valid_loss", "accuracy", "macro_f1", "lr", "time_s"}
+    assert all(float(r["valid_loss"]) > 0 for r in rows)
+    for name in ("config.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "metrics.json",
+                 "model/model.json", "model/weights.safetensors", "logs/metrics.csv"):
+        assert (run / name).exists(), name
+    model = json.loads((run / "model" / "model.json").read_text())
+    assert model["input_channels"] == 4 and model["encoder"] == "resnet18"
+    assert [c["value"] for c in model["classes"]] == [1, 2, 3]
+    assert [b["name"] for b in model["bands"]] == ["blue", "green", "red", "nir"]
+    stats = open_chip_dataset(train_chips).statistics
+    assert model["normalisation"]["low"] == [s["p1"] for s in stats]
+    assert model["training"]["epochs"] == 2 and len(model["training"]["history"]) == 2
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {c["class"] for c in metrics["per_class"]} == {"class1", "class2", "class3"}
+
+
+def test_same_seed_same_history(train_chips, tmp_path):
+    a = _history(train(train_chips, tmp_path / "a", TrainConfig(**FAST)))
+    b = _history(train(train_chips, tmp_path / "b", TrainConfig(**FAST)))
+    for ra, rb in zip(a, b):
+        for key in ("train_loss", "valid_loss", "accuracy"):
+            assert float(ra[key]) == pytest.approx(float(rb[key]), rel=1e-4, abs=1e-6)
+
+
+def test_lr_finder_suggests_and_plots(train_chips, tmp_path):
+    from sparsecover.train import find_lr
+
+    config = TrainConfig(backbone="resnet18", quiet=True)
+    lr = find_lr(prepare(train_chips, config), config, tmp_path / "lr.png")
+    assert 1e-7 < lr < 1 and (tmp_path / "lr.png").stat().st_size > 1000
+    assert not list(tmp_path.glob(".lr_find*"))
+
+
+def test_resume_after_sigkill_completes_the_same_epochs(train_chips, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "sparsecover.cli", "train", str(train_chips), "--out", str(run), "--epochs", "5",
+           "--lr", "0.001", "--backbone", "resnet18", "-q", "--seed", "7"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if (run / "history.csv").exists() and len(_history(run)) >= 2:
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before it could be killed: {proc.stderr.read().decode()}")
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(_history(run)) < 5
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert [int(r["epoch"]) for r in _history(run)] == [0, 1, 2, 3, 4]
+    assert json.loads((run / "model" / "model.json").read_text())["training"]["epochs"] == 5
+
+
+def test_resume_with_other_settings_is_refused(train_chips, tmp_path):
+    run = train(train_chips, tmp_path / "run", TrainConfig(**{**FAST, "epochs": 1}))
+    with pytest.raises(SparsecoverError, match=r"--resume with other settings: batch_size was 8, now 4"):
+        train(train_chips, run, TrainConfig(**{**FAST, "epochs": 1, "batch_size": 4, "resume": True}))
+    with pytest.raises(SparsecoverError, match="run folder exists and is not empty"):
+        train(train_chips, run, TrainConfig(**FAST))
+
+
+def test_ddp_with_two_cpu_processes(train_chips, tmp_path):
+    config = TrainConfig(**{**FAST, "epochs": 1, "devices": 2, "strategy": "ddp_spawn", "device": "cpu"})
+    run = train(train_chips, tmp_path / "ddp", config)
+    assert [int(r["epoch"]) for r in _history(run)] == [0]
+    assert (run / "model" / "weights.safetensors").exists()
+
+
+def test_fine_tune_from_a_run_and_shape_mismatch(train_chips, tmp_path):
+    first = train(train_chips, tmp_path / "first", TrainConfig(**{**FAST, "epochs": 1}))
+    second = train(train_chips, tmp_path / "second", TrainConfig(**{**FAST, "epochs": 1, "weights": str(first)}))
+    assert (second / "model" / "weights.safetensors").exists()
+    with pytest.raises(SparsecoverError, match=r"weights do not fit this model .*encoder.conv1.weight"):
+        train(train_chips, tmp_path / "third", TrainConfig(**{**FAST, "epochs": 1, "weights": str(first),
+                                                              "bands": ["red", "nir"]}))
+
+
+def test_non_contiguous_classes_and_ignore(tmp_path):
+    polygons = class_polygons(values=(2, 5, 9), per_class=2)
+    raster = make_class_scene(tmp_path, polygons)
+    labels = tmp_path / "p.gpkg"
+    polygons.to_file(labels)
+    chips = export_training_data(raster, labels, tmp_path / "chips", class_field="classvalue",
+                                 tile_size=32, stride=32, progress=False)
+    prepared = prepare(chips, TrainConfig(ignore_classes=[9]))
+    assert prepared.mapping.values == [2, 5]
+    lut = prepared.mapping.lut()
+    assert lut[2] == 0 and lut[5] == 1 and lut[9] == IGNORE_INDEX and lut[0] == IGNORE_INDEX
+    with pytest.raises(SparsecoverError, match="fewer than 2 classes with labelled pixels are left"):
+        prepare(chips, TrainConfig(ignore_classes=[5, 9]))
+    with pytest.raises(SparsecoverError, match=r"--ignore-classes names \[4\]"):
+        prepare(chips, TrainConfig(ignore_classes=[4]))
+
+
+def test_bad_training_input(train_chips, tmp_path):
+    if not torch.cuda.is_available():
+        with pytest.raises(SparsecoverError, match="--device cuda asked for, but no CUDA GPU is available"):
+            train(train_chips, tmp_path / "r", TrainConfig(**{**FAST, "device": "cuda"}))
+    with pytest.raises(SparsecoverError, match="no band named 'swir'"):
+        prepare(train_chips, TrainConfig(bands=["swir"]))
+    with pytest.raises(SparsecoverError, match="imagery_type 'landsat8' means 11 bands"):
+        prepare(train_chips, TrainConfig(imagery_type="landsat8"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    meta = json.loads((train_chips / "dataset.json").read_text())
+    meta["chips"] = []
+    (empty / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(SparsecoverError, match="the chip dataset holds no chips"):
+        prepare(empty, TrainConfig())
+
+
+def test_imagenet_stem_adaptation_maps_rgb_filters_by_band_name():
+    conv_parent = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3))
+    rgb = conv_parent[0].weight.detach().clone()
+    adapt_first_conv(conv_parent, 5, ["nir", "blue", "green", "red", "swir"])
+    new = conv_parent[0].weight.detach()
+    assert new.shape == (8, 5, 3, 3)
+    scale = 3 / 5
+    torch.testing.assert_close(new[:, 3], rgb[:, 0] * scale)  # red
+    torch.testing.assert_close(new[:, 1], rgb[:, 2] * scale)  # blue
+    torch.testing.assert_close(new[:, 0], rgb.mean(1) * scale)  # nir: mean RGB filter
