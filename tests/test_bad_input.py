@@ -43,12 +43,10 @@ def test_raster_without_crs(tmp_path):
     _assert_nothing_left(tmp_path)
 
 
+@pytest.mark.filterwarnings("ignore:.crs. was not provided")
 def test_labels_without_crs(raster, tmp_path):
     frame = scene_polygons().set_crs(None, allow_override=True)
-    path = tmp_path / "nocrs.geojson"
-    frame.to_file(path, driver="GeoJSON", crs=None)
-    # GeoJSON implies WGS84, so use a Shapefile without .prj
-    path = tmp_path / "nocrs.shp"
+    path = tmp_path / "nocrs.shp"  # a Shapefile without .prj (GeoJSON would imply WGS84)
     frame.to_file(path)
     path.with_suffix(".prj").unlink(missing_ok=True)
     with pytest.raises(SparsecoverError, match=r"nocrs.shp: labels have no CRS"):

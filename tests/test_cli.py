@@ -12,7 +12,7 @@ from conftest import make_scene, scene_polygons
 from sparsecover import __version__
 from sparsecover.cli import cli
 
-COMMANDS = ["stack", "export", "info", "demo", "train", "lr-find"]
+COMMANDS = ["stack", "export", "info", "demo", "train", "lr-find", "classify"]
 
 
 def test_version_and_help():
@@ -66,7 +66,9 @@ def test_other_errors_exit_2(args, tmp_path):
 
 
 def test_demo_runs_on_the_shipped_scene(tmp_path):
-    result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo"), "-q"])
+    result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo"), "-q", "--epochs", "1"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "demo" / "chips" / "dataset.json").exists()
-    assert "agriculture" in result.output and "chip dataset" in result.output
+    for artifact in ("chips/dataset.json", "run/model/model.json", "run/lr_find.png", "landcover.tif",
+                     "scene_scores.json"):
+        assert (tmp_path / "demo" / artifact).exists(), artifact
+    assert "overall accuracy" in result.output and "land-cover map" in result.output

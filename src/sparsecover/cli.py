@@ -178,6 +178,25 @@ def lr_find(chips, out, **kw) -> None:
 
 
 @cli.command()
+@click.argument("raster", type=click.Path(path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Classified GeoTIFF to write.")
+@click.option("--tile-size", default=512, show_default=True, help="Input tile side (multiple of 32).")
+@click.option("--padding", default=32, show_default=True, help="Context pixels around each tile's kept core.")
+@click.option("--batch-size", default=4, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def classify(raster, model, out, tile_size, padding, batch_size, device, overwrite, quiet) -> None:
+    """Classify a raster with a trained model (a run folder or its model/ folder)."""
+    from .predict import classify_pixels
+
+    path = classify_pixels(raster, model, out, tile_size=tile_size, padding=padding, batch_size=batch_size,
+                           device=device, overwrite=overwrite, progress=not quiet)
+    out_console.print(f"wrote {path}")
+
+
+@cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
 def info(path: Path) -> None:
     """Describe a chip dataset (sparsecover's or an Esri Classified Tiles export)."""
@@ -189,17 +208,22 @@ def info(path: Path) -> None:
 @cli.command()
 @click.option("--out", default="sparsecover-demo", show_default=True, type=click.Path(path_type=Path),
               help="Folder for every artifact of the demo.")
+@click.option("--epochs", default=8, show_default=True, help="Training epochs.")
+@click.option("--backbone", default="resnet18", show_default=True, help="Encoder for the demo model.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def demo(out: Path, overwrite: bool, quiet: bool) -> None:
+def demo(out: Path, epochs: int, backbone: str, overwrite: bool, quiet: bool) -> None:
     """Run the pipeline on the built-in North Carolina Landsat scene and its 34 polygons."""
-    from .chips import open_chip_dataset
     from .demo import run_demo
 
-    artifacts = run_demo(out, overwrite=overwrite, progress=not quiet)
-    _print_dataset(open_chip_dataset(artifacts["chip dataset"]))
+    artifacts, scores = run_demo(out, overwrite=overwrite, progress=not quiet, epochs=epochs, backbone=backbone)
     for name, path in artifacts.items():
         out_console.print(f"{name:>22}: {path}")
+    out_console.print(
+        f"whole scene vs reference map, outside the training polygons ({scores['pixels']:,} pixels): "
+        f"overall accuracy {scores['overall_accuracy']:.3f}, macro-F1 {scores['macro_f1']:.3f}, "
+        f"kappa {scores['kappa']:.3f}"
+    )
 
 
 def _print_dataset(ds) -> None:

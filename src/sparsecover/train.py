@@ -478,6 +478,7 @@ def save_model_folder(folder: Path, task: SegmentationTask, prepared: Prepared, 
             {"name": name, "source_index": i + 1, "dtype": dataset.bands[i].dtype, "nodata": dataset.bands[i].nodata}
             for i, name in zip(prepared.band_indices, prepared.band_names)
         ],
+        "source_band_count": len(dataset.bands),  # bands of the rasters the chips came from
         "nodata": dataset.nodata,
         "normalisation": prepared.normalisation.as_json(),
         "training_statistics": [dataset.statistics[i] for i in prepared.band_indices],
