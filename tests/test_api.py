@@ -18,5 +18,8 @@ def test_prepare_fit_metrics_save(train_chips, tmp_path):
     assert list(table.index) == ["precision", "recall", "f1_score"]
     assert "mean" in model.mIOU()
     saved = model.save(tmp_path / "models" / "landcover")
-    assert (saved / "model.json").exists() and (saved / "weights.safetensors").exists()
+    assert saved.name == "landcover.sparsecover" and saved.is_file()
+    from sparsecover.predict import load_model
+
+    assert load_model(saved).class_values == [1, 2, 3]
     assert run == tmp_path / "run"

@@ -49,6 +49,6 @@ def test_contract_and_output_errors(trained, tmp_path):
         classify_pixels(four, trained, tmp_path / "exists.tif", progress=False)
     with pytest.raises(SparsecoverError, match="multiple of 32"):
         classify_pixels(four, trained, tmp_path / "o.tif", tile_size=100, progress=False)
-    with pytest.raises(SparsecoverError, match="not a model"):
+    with pytest.raises(SparsecoverError, match="not a training run or model folder"):
         load_model(tmp_path)
     assert not (tmp_path / "o.tif").exists()

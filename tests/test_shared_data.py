@@ -129,3 +129,50 @@ def test_sentinel2_bands_stacked_and_exported(shared_data, tmp_path):
     assert ds.class_pixel_counts == {1: 200 * 300, 3: 100 * 600}
     stats = ds.statistics[0]
     assert 0 < stats["p1"] < stats["mean"] < stats["p99"] <= stats["max"] <= 65535
+
+
+@pytest.fixture(scope="module")
+def nc_model(nc_export, tmp_path_factory):
+    from sparsecover.train import TrainConfig, train
+
+    _, chips, _ = nc_export
+    folder = tmp_path_factory.mktemp("ncmodel")
+    with pytest.warns(SparsecoverWarning):
+        run = train(chips, folder / "run", TrainConfig(backbone="resnet18", epochs=1, lr=1e-3, quiet=True))
+    return run / "model.sparsecover"
+
+
+def test_six_band_model_refuses_four_band_naip(nc_model, shared_data, tmp_path):
+    from sparsecover import SparsecoverError
+    from sparsecover.predict import classify_pixels
+
+    naip = shared_data / "naip_5m" / "m_4709963_se_14_1_20180716.tif"
+    with pytest.raises(SparsecoverError, match=r"m_4709963_se_14_1_20180716.tif: has 4 bands but the model was trained on 6-band imagery"):
+        classify_pixels(naip, nc_model, tmp_path / "map.tif", progress=False)
+    assert not list(tmp_path.iterdir())
+
+
+def test_onnx_matches_pytorch_on_real_landsat_chips(nc_model, nc_export, tmp_path):
+    import torch
+
+    from sparsecover.package import export_onnx, onnx_session
+    from sparsecover.predict import load_model
+
+    _, chips, _ = nc_export
+    ds = open_chip_dataset(chips)
+    model = load_model(nc_model)
+    session = onnx_session(export_onnx(nc_model, tmp_path / "nc.onnx").read_bytes())
+    raws = np.stack([ds.read(i)[0] for i in range(0, len(ds), max(1, len(ds) // 8))]).astype(np.float32)
+    from sparsecover.data import valid_pixels
+
+    worst, compared = 0.0, 0
+    for raw in raws:
+        valid = valid_pixels(raw, ds.nodata)
+        if not valid.all():
+            continue  # nodata handling differs by design: sparsecover zeroes it, the raw graph cannot know
+        x = torch.from_numpy(model.normalisation.apply(raw, valid)[None])
+        with torch.no_grad():
+            expected = torch.softmax(model.network(x), 1).numpy()
+        worst = max(worst, float(np.abs(session.run(None, {"image": raw[None]})[0] - expected).max()))
+        compared += 1
+    assert compared >= 3 and worst < 1e-4

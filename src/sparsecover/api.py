@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -111,12 +110,13 @@ class UnetClassifier:
         result["mean"] = metrics["mean_iou"]
         return result
 
-    def save(self, name: str | Path) -> Path:
-        """Save the trained model: ``models/<name>`` in the data folder, or a path you give."""
+    def save(self, name: str | Path, onnx: bool = False) -> Path:
+        """Save the trained model as one package file: ``models/<name>.sparsecover`` in the data
+        folder, or the path you give; ``onnx=True`` puts model.onnx and an Esri .emd inside too."""
+        from .package import save_package
+
         if self.run is None:
             raise SparsecoverError("nothing to save: call fit() first")
         target = Path(name) if Path(name).is_absolute() or "/" in str(name) else self.data.path / "models" / str(name)
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(self.run / MODEL_DIR, target)
-        return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return save_package(self.run / MODEL_DIR, target, onnx=onnx, overwrite=True)

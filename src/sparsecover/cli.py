@@ -142,8 +142,9 @@ def _config(**kw):
 @click.option("--num-nodes", default=1, show_default=True, help="Machines for multi-node DDP.")
 @click.option("--strategy", default="auto", show_default=True, help="Lightning strategy: auto, ddp, ddp_spawn, fsdp, ...")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out with the same settings.")
+@click.option("--onnx", is_flag=True, help="Also put model.onnx (and an Esri .emd) into the model package.")
 @_train_options
-def train(chips, out, epochs, lr, early_stopping, devices, num_nodes, strategy, resume, **kw) -> None:
+def train(chips, out, epochs, lr, early_stopping, devices, num_nodes, strategy, resume, onnx, **kw) -> None:
     """Train a segmentation model (U-Net, ResNet34 by default) on a chip dataset."""
     from .train import train as run_training
 
@@ -152,7 +153,7 @@ def train(chips, out, epochs, lr, early_stopping, devices, num_nodes, strategy, 
     except ValueError:
         raise SparsecoverError(f"--lr must be auto or a number, got {lr!r}") from None
     config = _config(epochs=epochs, lr=learning_rate, early_stopping=early_stopping, devices=devices,
-                     num_nodes=num_nodes, strategy=strategy, resume=resume, **kw)
+                     num_nodes=num_nodes, strategy=strategy, resume=resume, onnx=onnx, **kw)
     run = run_training(chips, out, config)
     metrics = run / "metrics.json"
     if metrics.exists():
@@ -161,7 +162,7 @@ def train(chips, out, epochs, lr, early_stopping, devices, num_nodes, strategy, 
         summary = json.loads(metrics.read_text())
         out_console.print(f"validation (held-out polygons): accuracy {summary['overall_accuracy']:.3f}, "
                           f"macro-F1 {summary['macro_f1']:.3f}, kappa {summary['kappa']:.3f}")
-    out_console.print(f"run folder: {run}  (model: {run / 'model'})")
+    out_console.print(f"run folder: {run}  (model package: {run / 'model.sparsecover'})")
 
 
 @cli.command("lr-find")
@@ -197,9 +198,57 @@ def classify(raster, model, out, tile_size, padding, batch_size, device, overwri
 
 
 @cli.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Package file (.sparsecover).")
+@click.option("--onnx", is_flag=True, help="Include model.onnx and model.emd.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def package(source, out, onnx, overwrite) -> None:
+    """Write the one-file model package from a training run (or repackage a package)."""
+    from .package import save_package
+
+    out_console.print(f"wrote {save_package(source, out, onnx=onnx, overwrite=overwrite)}")
+
+
+@cli.command("export-onnx")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="ONNX file (default: beside the model).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def export_onnx_command(model, out, overwrite) -> None:
+    """Export a model to ONNX (raw band values in, probabilities out) with Deepness metadata and an Esri .emd."""
+    from .package import export_onnx
+
+    path = export_onnx(model, out, overwrite=overwrite)
+    out_console.print(f"wrote {path} and {path.with_suffix('.emd')}")
+
+
+@cli.command()
+@click.argument("raster", type=click.Path(path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
+def check(raster, model) -> None:
+    """Check a raster against a model's data contract (bands, dtype, value range, resolution, CRS)."""
+    from .predict import check_raster
+
+    notes = check_raster(raster, model)
+    out_console.print(f"{raster}: {'fits the model' if not notes else f'usable, with {len(notes)} warning(s)'}")
+
+
+@cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
 def info(path: Path) -> None:
-    """Describe a chip dataset (sparsecover's or an Esri Classified Tiles export)."""
+    """Describe a chip dataset (ours or an Esri Classified Tiles export) or a model package."""
+    if path.is_file():
+        from .package import describe_package, read_package
+
+        meta, _ = read_package(path)
+        for label, text in describe_package(meta):
+            out_console.print(Text.assemble((f"{label:>15}: ", "bold"), text))
+        classes = Table(title="classes", title_justify="left")
+        for col in ("index", "value", "name", "colour"):
+            classes.add_column(col)
+        for c in meta["classes"]:
+            classes.add_row(str(c["index"]), str(c["value"]), c["name"], Text.assemble(("■ ", c["color"]), c["color"]))
+        out_console.print(classes)
+        return
     from .chips import open_chip_dataset
 
     _print_dataset(open_chip_dataset(path))

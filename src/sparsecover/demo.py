@@ -57,7 +57,8 @@ def run_demo(out: str | Path = "sparsecover-demo", overwrite: bool = False, prog
     (out / "scene_scores.json").write_text(json.dumps(scores, indent=1))
     artifacts = {
         "stacked scene (VRT)": scene, "chip dataset": chips, "training run": run,
-        "LR finder plot": run / "lr_find.png", "epoch history": run / "history.csv", "model": run / "model",
+        "LR finder plot": run / "lr_find.png", "epoch history": run / "history.csv",
+        "model package": run / "model.sparsecover",
         "land-cover map": classified, "scene scores": out / "scene_scores.json",
     }
     return artifacts, scores

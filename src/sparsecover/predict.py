@@ -50,47 +50,102 @@ class LoadedModel:
         return [b["source_index"] for b in self.meta["bands"]]
 
 
-def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
-    """Rebuild a trained network from a model folder (model.json + weights.safetensors) or run folder."""
-    from safetensors.torch import load_file
+def network_from(meta: dict, weights: bytes) -> torch.nn.Module:
+    """Rebuild the network that model.json describes and load its safetensors weights."""
+    from safetensors.torch import load as load_safetensors
 
-    folder = Path(path)
-    if (folder / "model" / "model.json").exists():
-        folder = folder / "model"
-    meta_path, weights_path = folder / "model.json", folder / "weights.safetensors"
-    if not meta_path.exists() or not weights_path.exists():
-        raise SparsecoverError(f"{path}: not a model (expected model.json and weights.safetensors in it)")
-    meta = json.loads(meta_path.read_text())
-    if int(meta.get("schema_version", 0)) > 1:
-        raise SparsecoverError(f"{meta_path}: schema version {meta['schema_version']} is newer than this sparsecover; upgrade it")
     network = build_model(meta["input_channels"], len(meta["classes"]), meta["encoder"], meta["architecture"])
     try:
-        network.load_state_dict(load_file(str(weights_path)))
+        network.load_state_dict(load_safetensors(weights))
     except Exception as exc:
-        raise SparsecoverError(f"{weights_path}: weights do not match model.json ({str(exc).splitlines()[0]})") from None
+        raise SparsecoverError(f"weights do not match model.json ({str(exc).splitlines()[0]})") from None
+    return network.eval()
+
+
+def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
+    """Rebuild a trained network, without the training data, from a ``.sparsecover`` package, a
+    training run folder or its ``model/`` folder."""
+    from .package import MODEL_JSON, WEIGHTS, _model_folder, read_package
+
+    path = Path(path)
+    if path.is_file():
+        meta, members = read_package(path)
+        weights = members[WEIGHTS]
+    else:
+        if not path.exists():
+            raise SparsecoverError(f"{path}: model not found")
+        folder = _model_folder(path)
+        meta, weights = json.loads((folder / MODEL_JSON).read_text()), (folder / WEIGHTS).read_bytes()
+    if int(str(meta.get("schema_version", 0)).split(".")[0]) > 1:
+        raise SparsecoverError(f"{path}: model schema {meta['schema_version']} is newer than this sparsecover; upgrade it")
     norm = meta["normalisation"]
     normalisation = Normalisation(norm["low"], norm["high"], norm["mean"], norm["std"])
-    return LoadedModel(meta, network.eval().to(device), normalisation)
+    return LoadedModel(meta, network_from(meta, weights).to(device), normalisation)
 
 
-def check_contract(source: RasterSource, model: LoadedModel) -> None:
-    """Refuse what breaks the model's data contract (band count); warn where the input drifts."""
-    expected = model.meta.get("source_band_count", len(model.meta["bands"]))
+def check_contract(source: RasterSource, model: LoadedModel, sample: np.ndarray | None = None) -> list[str]:
+    """Refuse what breaks the model's data contract (band count); warn where the input drifts.
+
+    Drift checks: dtype, the median of each band against the training 1st-99th percentile range
+    (outside it usually means another band order or scaling), resolution beyond a factor 2, and a
+    CRS other than the training CRS. Returns the warnings it gave.
+    """
+    meta = model.meta
+    expected = meta.get("source_band_count", len(meta["bands"]))
     if len(source.bands) != expected:
         raise SparsecoverError(
             f"{source.path}: has {len(source.bands)} bands but the model was trained on {expected}-band "
-            f"imagery (using {', '.join(b['name'] for b in model.meta['bands'])}); "
+            f"imagery (using {', '.join(b['name'] for b in meta['bands'])}); "
             "pass a raster with the training bands in the training order"
         )
-    trained = {b["dtype"] for b in model.meta["bands"]}
+    notes = []
+    trained = {b["dtype"] for b in meta["bands"]}
     if source.dtype not in trained:
-        warn(f"{source.path}: dtype {source.dtype} differs from the training data's {', '.join(sorted(trained))}")
-    resolution = model.meta.get("resolution")
+        notes.append(f"dtype {source.dtype} differs from the training data's {', '.join(sorted(trained))}")
+    if sample is not None:
+        for band, values, low, high in zip(meta["bands"], sample, meta["normalisation"]["low"],
+                                           meta["normalisation"]["high"]):
+            if values.size and not low <= float(np.median(values)) <= high:
+                notes.append(
+                    f"band {band['source_index']} ({band['name']}) has median {float(np.median(values)):g}, "
+                    f"outside the training 1-99 % range {low:g}..{high:g}: check band order and scaling"
+                )
+    resolution = meta.get("resolution")
     if resolution:
         ratio = source.resolution[0] / resolution[0]
         if ratio > 2 or ratio < 0.5:
-            warn(f"{source.path}: resolution {source.resolution[0]:g} is {ratio:.1f}x the training "
-                 f"resolution {resolution[0]:g}; results may be poor")
+            notes.append(f"resolution {source.resolution[0]:g} is {ratio:.2g}x the training resolution "
+                         f"{resolution[0]:g}; expect poorer results")
+    if meta.get("crs"):
+        from rasterio.crs import CRS
+
+        if CRS.from_wkt(meta["crs"]) != source.crs:
+            notes.append(f"CRS {source.crs.to_string()} differs from the training CRS (fine if the "
+                         "resolution matches)")
+    for note in notes:
+        warn(f"{source.path}: {note}")
+    return notes
+
+
+def band_sample(src, band_indexes: list[int], size: int = 512) -> list[np.ndarray]:
+    """Valid values of each band from a decimated read (GDAL overviews or subsampling: bounded memory)."""
+    scale = max(1, max(src.width, src.height) // size)
+    shape = (len(band_indexes), max(1, src.height // scale), max(1, src.width // scale))
+    data = src.read(band_indexes, out_shape=shape)
+    masks = src.read_masks(band_indexes, out_shape=shape)
+    valid = np.all(masks > 0, axis=0)
+    return [band[valid] for band in data]
+
+
+def check_raster(raster: str | Path, model: str | Path | LoadedModel) -> list[str]:
+    """`sparsecover check`: the data contract of ``raster`` against ``model``, without classifying."""
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    with gdal_env(), open_raster(raster) as src:
+        source = describe(src)
+        sample = None
+        if len(source.bands) == loaded.meta.get("source_band_count", len(loaded.meta["bands"])):
+            sample = band_sample(src, loaded.band_indexes)
+        return check_contract(source, loaded, sample)
 
 
 def _device(name: str) -> torch.device:
@@ -130,9 +185,9 @@ def classify_pixels(
     torch_device = _device(device)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, str(torch_device))
     loaded.network.to(torch_device)
+    check_raster(raster, loaded)
     with open_raster(raster) as src:
         source = describe(src)
-    check_contract(source, loaded)
     classes = loaded.meta["classes"]
     lut = np.array([c["value"] for c in classes], dtype=np.uint8)
     core = tile_size - 2 * padding

@@ -8,7 +8,8 @@ made with other settings.
 
 A run folder holds ``config.json``, ``history.csv``, ``checkpoints/`` (last and best), ``logs/``,
 ``lr_find.png`` when the LR was found, ``metrics.json`` (validation per-class metrics of the final
-model) and ``model/`` (``model.json`` + ``weights.safetensors``: everything inference needs).
+model), ``model/`` (``model.json`` + ``weights.safetensors``, readable as they are) and the same as
+one package file, ``model.sparsecover`` (see :mod:`sparsecover.package`).
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ from .metrics import summarize
 from .model import build_model
 
 MODEL_DIR = "model"
+PACKAGE_NAME = "model.sparsecover"  # the one-file package written at the end of every run
 HISTORY_COLUMNS = ["epoch", "train_loss", "valid_loss", "accuracy", "macro_f1", "lr", "time_s"]
 # Settings that may differ between a run and its --resume (the rest must match).
-RESUMABLE_DIFFERENCES = {"workers", "quiet", "resume"}
+RESUMABLE_DIFFERENCES = {"workers", "quiet", "resume", "onnx"}
 
 
 @dataclass
@@ -82,6 +84,7 @@ class TrainConfig:
     bands: list[str] | None = None
     imagery_type: str | None = None
     weight_decay: float = 1e-2
+    onnx: bool = False  # also put model.onnx (+ model.emd) into the package
     quiet: bool = False
     resume: bool = False
 
@@ -425,6 +428,9 @@ def train(chips: str | Path | ChipDataset, out: str | Path, config: TrainConfig 
     if metrics is not None:
         (run / "metrics.json").write_text(json.dumps(metrics, indent=1))
     save_model_folder(run / MODEL_DIR, task, prepared, config, lr, run, metrics)
+    from .package import save_package
+
+    save_package(run / MODEL_DIR, run / PACKAGE_NAME, onnx=config.onnx, overwrite=True)
     return run
 
 

@@ -1,0 +1,250 @@
+"""The model package: one self-describing zip file (``.sparsecover``), and its ONNX / Esri exports.
+
+Members: ``model.json`` (everything inference and a reader need: architecture, bands, normalisation,
+classes with names and colours, tile size, padding, training summary and metrics, versions, and the
+sha256 of every other member), ``weights.safetensors``, and optionally ``model.onnx`` with its Esri
+model definition ``model.emd``. Loading validates it: a truncated zip, a missing member, a checksum
+that does not match or a newer schema each stop with one line.
+
+The ONNX graph takes *raw* band values (float32, N x bands x H x W, any H and W that are multiples of
+32) and returns class probabilities (N x classes x H x W): the percentile clip and standardisation
+are inside the graph, so any runtime gets the same numbers as sparsecover. For QGIS's Deepness
+plugin, which scales 8-bit input to 0..1 and then standardises with the ``standardization_mean`` /
+``standardization_std`` metadata, those are set to 0 and 1/255 so the graph receives the raw values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import SparsecoverError
+
+SUFFIX = ".sparsecover"
+SCHEMA_MAJOR = 1
+MODEL_JSON, WEIGHTS, ONNX, EMD = "model.json", "weights.safetensors", "model.onnx", "model.emd"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _model_folder(path: Path) -> Path:
+    folder = path / "model" if (path / "model" / MODEL_JSON).exists() else path
+    if not (folder / MODEL_JSON).exists() or not (folder / WEIGHTS).exists():
+        raise SparsecoverError(f"{path}: not a training run or model folder (no {MODEL_JSON} + {WEIGHTS})")
+    return folder
+
+
+def save_package(source: str | Path, out: str | Path, onnx: bool = False, overwrite: bool = False) -> Path:
+    """Write the package file ``out`` from a run folder, its ``model/`` folder or another package."""
+    source, out = Path(source), Path(out)
+    if out.suffix != SUFFIX:
+        out = out.with_name(out.name + SUFFIX)
+    if out.exists() and not overwrite:
+        raise SparsecoverError(f"{out}: already exists; pass --overwrite to replace it")
+    if source.is_file():
+        meta, members = read_package(source)
+    else:
+        folder = _model_folder(source)
+        meta = json.loads((folder / MODEL_JSON).read_text())
+        members = {WEIGHTS: (folder / WEIGHTS).read_bytes()}
+    members = {k: v for k, v in members.items() if k in (WEIGHTS,)}
+    if onnx:
+        from .predict import network_from
+
+        members[ONNX] = onnx_bytes(meta, network_from(meta, members[WEIGHTS]))
+        members[EMD] = json.dumps(esri_definition(meta, ONNX), indent=1).encode()
+    meta = {**meta, "members": {name: _sha256(data) for name, data in members.items()}}
+    handle, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+    os.close(handle)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(MODEL_JSON, json.dumps(meta, indent=1))
+            for name, data in members.items():
+                archive.writestr(name, data)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def read_package(path: str | Path) -> tuple[dict, dict[str, bytes]]:
+    """model.json and the verified members of a package; every kind of damage is a one-line error."""
+    path = Path(path)
+    if not path.exists():
+        raise SparsecoverError(f"{path}: model package not found")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            if MODEL_JSON not in names:
+                raise SparsecoverError(f"{path}: not a sparsecover model package (no {MODEL_JSON} inside)")
+            meta = json.loads(archive.read(MODEL_JSON))
+            major = int(str(meta.get("schema_version", 0)).split(".")[0])
+            if major > SCHEMA_MAJOR:
+                raise SparsecoverError(
+                    f"{path}: package schema {meta['schema_version']} is newer than this sparsecover "
+                    f"reads ({SCHEMA_MAJOR}); upgrade sparsecover"
+                )
+            members = {}
+            for name, digest in meta.get("members", {}).items():
+                if name not in names:
+                    raise SparsecoverError(f"{path}: member {name} is missing; the package is incomplete")
+                data = archive.read(name)
+                if _sha256(data) != digest:
+                    raise SparsecoverError(f"{path}: {name} does not match its checksum; the package is damaged")
+                members[name] = data
+    except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, ValueError, KeyError) as exc:
+        raise SparsecoverError(
+            f"{path}: not a readable model package ({exc}); the file may be truncated: copy it again"
+        ) from None
+    if WEIGHTS not in members:
+        raise SparsecoverError(f"{path}: member {WEIGHTS} is missing; the package is incomplete")
+    return meta, members
+
+
+class _RawInput(nn.Module):
+    """Raw band values in, class probabilities out: normalisation and softmax inside the graph."""
+
+    def __init__(self, network: nn.Module, meta: dict) -> None:
+        super().__init__()
+        norm = meta["normalisation"]
+        shape = (1, -1, 1, 1)
+        self.register_buffer("low", torch.tensor(norm["low"], dtype=torch.float32).view(shape))
+        self.register_buffer("high", torch.tensor(norm["high"], dtype=torch.float32).view(shape))
+        self.register_buffer("mean", torch.tensor(norm["mean"], dtype=torch.float32).view(shape))
+        self.register_buffer("std", torch.tensor(norm["std"], dtype=torch.float32).view(shape))
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (torch.minimum(torch.maximum(x, self.low), self.high) - self.mean) / self.std
+        return torch.softmax(self.network(x), dim=1)
+
+
+def deepness_metadata(meta: dict) -> dict[str, str]:
+    """The metadata keys QGIS Deepness reads for a segmentation model (values JSON-encoded)."""
+    bands = meta["input_channels"]
+    tile = int(meta["tile_size"])
+    resolution = meta.get("resolution") or [None]
+    values = {
+        "model_type": "Segmentor",
+        "class_names": {str(c["index"]): c["name"] for c in meta["classes"]},
+        "tile_size": tile,
+        "tiles_overlap": int(round(100 * 2 * int(meta["padding"]) / tile)),
+        "standardization_mean": [0.0] * bands,
+        "standardization_std": [1.0 / 255.0] * bands,
+    }
+    if resolution[0]:
+        values["resolution"] = float(resolution[0]) * 100.0  # centimetres per pixel
+    return {key: json.dumps(value) for key, value in values.items()}
+
+
+def onnx_bytes(meta: dict, network: nn.Module) -> bytes:
+    """Export to ONNX with dynamic batch and spatial size, raw-value input, and Deepness metadata."""
+    import onnx
+
+    wrapped = _RawInput(network.eval().cpu(), meta).eval()
+    size = max(64, int(meta["tile_size"]) // 32 * 32)
+    example = torch.zeros(1, meta["input_channels"], size, size)
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapped, (example,), buffer, input_names=["image"], output_names=["probabilities"],
+            dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                          "probabilities": {0: "batch", 2: "height", 3: "width"}},
+            opset_version=17, dynamo=False,
+        )
+    model = onnx.load_from_string(buffer.getvalue())
+    for key, value in {**deepness_metadata(meta), "sparsecover_model_json": json.dumps(meta)}.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def esri_definition(meta: dict, model_file: str) -> dict:
+    """An Esri model definition (.emd) for the ONNX model, with the fields ArcGIS users know."""
+    return {
+        "Framework": "ONNX",
+        "ModelConfiguration": f"sparsecover_{meta['architecture']}",
+        "ModelType": "ImageClassification",
+        "ModelFile": model_file,
+        "Description": f"sparsecover {meta['architecture']} ({meta['encoder']}), raw band values in, "
+                       "class probabilities out",
+        "ImageHeight": int(meta["tile_size"]),
+        "ImageWidth": int(meta["tile_size"]),
+        "ExtractBands": [b["source_index"] - 1 for b in meta["bands"]],
+        "ModelPadding": int(meta["padding"]),
+        "BatchSize": 4,
+        "DataRange": [min(meta["normalisation"]["low"]), max(meta["normalisation"]["high"])],
+        "Classes": [
+            {"Value": c["value"], "Name": c["name"], "Color": [int(c["color"][i : i + 2], 16) for i in (1, 3, 5)]}
+            for c in meta["classes"]
+        ],
+    }
+
+
+def export_onnx(model: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Write ``model.onnx`` (and ``model.emd`` beside it) from a package, run or model folder."""
+    from .predict import network_from
+
+    model = Path(model)
+    if model.is_file():
+        meta, members = read_package(model)
+        weights = members[WEIGHTS]
+    else:
+        folder = _model_folder(model)
+        meta, weights = json.loads((folder / MODEL_JSON).read_text()), (folder / WEIGHTS).read_bytes()
+    out = Path(out) if out else model.with_suffix(".onnx") if model.is_file() else model / "model.onnx"
+    if out.exists() and not overwrite:
+        raise SparsecoverError(f"{out}: already exists; pass --overwrite to replace it")
+    data = onnx_bytes(meta, network_from(meta, weights))
+    out.write_bytes(data)
+    out.with_suffix(".emd").write_text(json.dumps(esri_definition(meta, out.name), indent=1))
+    return out
+
+
+def onnx_session(data: bytes):
+    """An onnxruntime session on all cores, for `--engine onnx` and the parity tests."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def describe_package(meta: dict) -> list[tuple[str, str]]:
+    """(label, text) lines for `sparsecover info MODEL`."""
+    training = meta.get("training", {})
+    metrics = training.get("validation_metrics") or {}
+    lines = [
+        ("model", f"{meta['architecture']} / {meta['encoder']}, {meta['input_channels']} bands -> "
+                  f"{len(meta['classes'])} classes"),
+        ("bands", ", ".join(f"{b['name']} ({b['dtype']})" for b in meta["bands"])),
+        ("tile / padding", f"{meta['tile_size']} px / {meta['padding']} px"),
+        ("resolution", f"{meta['resolution'][0]:g}" if meta.get("resolution") else "unknown"),
+        ("trained", f"{training.get('epochs')} epochs, lr {training.get('lr', float('nan')):.3g}, "
+                    f"seed {training.get('seed')}"),
+        ("created", f"{meta.get('created')} with sparsecover {meta.get('versions', {}).get('sparsecover')}"),
+    ]
+    if metrics:
+        lines.append(("validation", f"accuracy {metrics['overall_accuracy']:.3f}, macro-F1 "
+                                    f"{metrics['macro_f1']:.3f}, kappa {metrics['kappa']:.3f}"))
+    if meta.get("members"):
+        lines.append(("members", ", ".join(sorted(meta["members"]))))
+    return lines
+
+
+def probabilities_onnx(session, images: np.ndarray) -> np.ndarray:
+    """Run an ONNX session on raw-value images (N, bands, H, W) -> probabilities."""
+    return session.run(None, {"image": images.astype(np.float32)})[0]
