@@ -12,7 +12,7 @@ from conftest import make_scene, scene_polygons
 from sparsecover import __version__
 from sparsecover.cli import cli
 
-COMMANDS = ["stack", "export", "info", "demo", "train", "lr-find", "classify", "package", "export-onnx", "check"]
+COMMANDS = ["stack", "export", "info", "demo", "train", "lr-find", "classify", "package", "export-onnx", "check", "evaluate", "report"]
 
 
 def test_version_and_help():
@@ -68,7 +68,8 @@ def test_other_errors_exit_2(args, tmp_path):
 def test_demo_runs_on_the_shipped_scene(tmp_path):
     result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo"), "-q", "--epochs", "1"])
     assert result.exit_code == 0, result.output
-    for artifact in ("chips/dataset.json", "run/model/model.json", "run/lr_find.png", "landcover.tif",
-                     "scene_scores.json"):
+    for artifact in ("chips/dataset.json", "run/model.sparsecover", "run/lr_find.png", "landcover.tif",
+                     "evaluation/metrics.json", "evaluation_points/metrics.json", "validation/confusion_matrix.png",
+                     "report.html"):
         assert (tmp_path / "demo" / artifact).exists(), artifact
     assert "overall accuracy" in result.output and "land-cover map" in result.output

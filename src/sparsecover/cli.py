@@ -198,6 +198,46 @@ def classify(raster, model, out, tile_size, padding, batch_size, device, overwri
 
 
 @cli.command()
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--reference", type=click.Path(path_type=Path),
+              help="Reference raster (0 = none), polygons or points; without it TARGET is a run or package "
+              "and its validation metrics are reported.")
+@click.option("--class-field", help="Class field of reference polygons / points.")
+@click.option("--exclude", type=click.Path(path_type=Path), help="Polygons whose pixels are not scored (training polygons).")
+@click.option("--out", type=click.Path(path_type=Path), help="Folder for metrics.json and the confusion matrix files.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def evaluate(target, reference, class_field, exclude, out, quiet) -> None:
+    """Accuracy of a classified raster against a reference, or of a model on its validation split."""
+    from .evaluate import evaluate_map, evaluate_run
+
+    if reference is None:
+        summary = evaluate_run(target, out)
+    else:
+        summary = evaluate_map(target, reference, out or target.with_suffix("").with_name(target.stem + "_evaluation"),
+                               class_field=class_field, exclude=exclude, progress=not quiet)
+    table = Table(title=f"overall accuracy {summary['overall_accuracy']:.3f} · macro-F1 {summary['macro_f1']:.3f}"
+                        f" · kappa {summary['kappa']:.3f} · {summary['pixels']:,} pixels", title_justify="left")
+    for col in ("class", "precision", "recall", "F1", "IoU", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c in summary["per_class"]:
+        table.add_row(c["class"], *(f"{c[k]:.3f}" if c[k] is not None else "–" for k in ("precision", "recall", "f1", "iou")),
+                      f"{c['support']:,}")
+    out_console.print(table)
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--classified", type=click.Path(path_type=Path), help="Classified raster to preview.")
+@click.option("--evaluation", type=click.Path(path_type=Path), help="Folder written by `evaluate` for that map.")
+@click.option("--out", default="report.html", show_default=True, type=click.Path(path_type=Path))
+def report(run, classified, evaluation, out) -> None:
+    """One self-contained HTML report: data, training, validation, map and its accuracy."""
+    from .report import build_report
+
+    out_console.print(f"wrote {build_report(run, out, classified=classified, evaluation=evaluation)}")
+
+
+@cli.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Package file (.sparsecover).")
 @click.option("--onnx", is_flag=True, help="Include model.onnx and model.emd.")

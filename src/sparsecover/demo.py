@@ -1,24 +1,22 @@
 """`sparsecover demo`: the pipeline on the built-in North Carolina Landsat scene (see demo_data/README.md).
 
-Today it runs the stages that exist (stack, export, LR finder + train, classify) and scores the map
-against the scene's dense reference outside the training polygons; each new stage joins the demo as
-it lands, so the demo is always the furthest the pipeline goes.
+Steps: stack the six band files, export chips from the 34 polygons, LR finder + train, evaluate on
+the validation split, classify the scene, evaluate the map against the dense reference map (outside
+the training polygons) and the 1,000 reference points, and write the HTML report.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
-
 from .chips import open_chip_dataset
 from .errors import SparsecoverError
 from .export import export_training_data
-from .metrics import confusion_matrix, summarize
+from .evaluate import evaluate_map, evaluate_run
 from .predict import classify_pixels
+from .report import build_report
 from .stack import stack_bands
 from .train import TrainConfig, train
 
@@ -52,37 +50,18 @@ def run_demo(out: str | Path = "sparsecover-demo", overwrite: bool = False, prog
     )
     open_chip_dataset(chips)  # the artifact must read back
     run = train(chips, out / "run", TrainConfig(backbone=backbone, epochs=epochs, lr=None, quiet=not progress))
-    classified = classify_pixels(scene, run, out / "landcover.tif", progress=progress)
-    scores = score_against_reference(classified, data / "strata.tif", data / "landsat96_polygons.gpkg")
-    (out / "scene_scores.json").write_text(json.dumps(scores, indent=1))
+    evaluate_run(run, out / "validation")
+    classified = classify_pixels(scene, run / "model.sparsecover", out / "landcover.tif", progress=progress)
+    scores = evaluate_map(classified, data / "strata.tif", out / "evaluation", exclude=data / "landsat96_polygons.gpkg",
+                          progress=progress)
+    evaluate_map(classified, data / "landsat96_points.gpkg", out / "evaluation_points", class_field="id",
+                 progress=progress)
+    report = build_report(run, out / "report.html", classified=classified, evaluation=out / "evaluation")
     artifacts = {
         "stacked scene (VRT)": scene, "chip dataset": chips, "training run": run,
         "LR finder plot": run / "lr_find.png", "epoch history": run / "history.csv",
-        "model package": run / "model.sparsecover",
-        "land-cover map": classified, "scene scores": out / "scene_scores.json",
+        "model package": run / "model.sparsecover", "validation metrics": out / "validation",
+        "land-cover map": classified, "map vs reference map": out / "evaluation",
+        "map vs reference points": out / "evaluation_points", "report": report,
     }
     return artifacts, scores
-
-
-def score_against_reference(classified: Path, reference: Path, training_polygons: Path) -> dict:
-    """Overall accuracy, kappa and per-class F1 of the map on every reference pixel outside the training
-    polygons (the demo scene is small enough to read whole; the evaluate stage will stream)."""
-    import geopandas as gpd
-    import rasterio
-    from rasterio import features
-
-    with rasterio.open(classified) as src:
-        predicted = src.read(1)
-        polygons = gpd.read_file(training_polygons).to_crs(src.crs)
-        inside = features.rasterize(polygons.geometry, out_shape=predicted.shape, transform=src.transform,
-                                    all_touched=True)
-    with rasterio.open(reference) as ref:
-        truth = ref.read(1)
-    keep = (truth > 0) & (predicted > 0) & (inside == 0)
-    values = sorted(set(np.unique(truth[keep])) | set(np.unique(predicted[keep])))
-    index = {v: i for i, v in enumerate(values)}
-    lut = np.zeros(256, dtype=np.int64)
-    for v, i in index.items():
-        lut[v] = i
-    matrix = confusion_matrix(lut[truth[keep]], lut[predicted[keep]], len(values))
-    return summarize(matrix, [str(v) for v in values])

@@ -77,3 +77,124 @@ def show_batch(dataset: ChipDataset, rows: int = 2, columns: int = 4, bands: lis
         fig.savefig(path, dpi=100)
         plt.close(fig)
     return fig
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion(matrix: np.ndarray, names: list[str], path: str | Path) -> None:
+    """Row-normalised confusion matrix (recall on the diagonal) with counts, class names readable."""
+    plt = _pyplot()
+    matrix = np.asarray(matrix, dtype=np.float64)
+    rows = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
+    size = max(4.0, 0.7 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=40, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("reference")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if matrix[i, j]:
+                ax.text(j, i, f"{share[i, j]:.2f}\n{int(matrix[i, j]):,}", ha="center", va="center", fontsize=7,
+                        color="white" if share[i, j] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of reference row")
+    ax.set_title("confusion matrix (rows normalised)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_history(history_csv: str | Path, path: str | Path) -> None:
+    """Training curves from history.csv: losses, and validation accuracy / macro-F1."""
+    import csv
+
+    plt = _pyplot()
+    with open(history_csv) as fh:
+        rows = list(csv.DictReader(fh))
+
+    def column(name):
+        return [float(r[name]) if r.get(name) not in (None, "") else np.nan for r in rows]
+
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.plot(epochs, column("train_loss"), marker="o", label="train_loss")
+    left.plot(epochs, column("valid_loss"), marker="o", label="valid_loss")
+    left.set_xlabel("epoch")
+    left.set_ylabel("loss")
+    left.legend()
+    right.plot(epochs, column("accuracy"), marker="o", label="accuracy")
+    right.plot(epochs, column("macro_f1"), marker="o", label="macro-F1")
+    right.set_xlabel("epoch")
+    right.set_ylim(0, 1)
+    right.legend()
+    fig.suptitle("training (validation on held-out polygons)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_map(classified: str | Path, path: str | Path, max_size: int = 1000) -> None:
+    """Preview of a classified raster in its class colours with a legend (decimated read)."""
+    import json
+
+    import rasterio
+    from matplotlib.patches import Patch
+
+    plt = _pyplot()
+    with rasterio.open(classified) as src:
+        scale = max(1, max(src.width, src.height) // max_size)
+        data = src.read(1, out_shape=(max(1, src.height // scale), max(1, src.width // scale)))
+        colormap = src.colormap(1)
+        names = {int(k): v for k, v in json.loads(src.tags().get("CLASS_NAMES", "{}")).items()}
+    rgba = np.zeros(data.shape + (4,), dtype=np.float32)
+    for value in np.unique(data):
+        if value:
+            rgba[data == value] = np.array(colormap.get(int(value), (128, 128, 128, 255))) / 255
+    fig, ax = plt.subplots(figsize=(8, 8 * data.shape[0] / data.shape[1] + 0.8))
+    ax.imshow(rgba)
+    ax.axis("off")
+    handles = [Patch(color=np.array(colormap.get(v, (128, 128, 128, 255))[:3]) / 255, label=f"{v} {n}")
+               for v, n in sorted(names.items())]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    ax.set_title(Path(classified).name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def show_results(dataset: ChipDataset, model, indices: list[int], path: str | Path) -> None:
+    """Rows of image | ground truth | prediction for chips (validation chips, typically)."""
+    import torch
+
+    plt = _pyplot()
+    show = display_bands([b.name for b in dataset.bands])
+    colors = {c.value: c.color for c in dataset.classes}
+    lut = np.array(model.class_values, dtype=np.uint8)
+    fig, axes = plt.subplots(len(indices), 3, figsize=(9, 3 * len(indices)), squeeze=False)
+    for row, index in zip(axes, indices):
+        image, label, _ = dataset.read(index)
+        valid = valid_pixels(image, dataset.nodata)
+        chosen = image[[b["source_index"] - 1 for b in model.meta["bands"]]]
+        x = torch.from_numpy(model.normalisation.apply(chosen, valid)[None])
+        with torch.no_grad():
+            predicted = lut[model.network(x).argmax(1)[0].numpy()]
+        predicted[~valid] = 0
+        background = stretch(image[show], valid)
+        for ax, overlay, title in zip(row, (None, label, predicted), ("image", "ground truth", "prediction")):
+            ax.imshow(background)
+            if overlay is not None:
+                ax.imshow(label_overlay(overlay, colors, alpha=0.9))
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -321,8 +321,17 @@ def find_lr(prepared: Prepared, config: TrainConfig, plot: Path | None = None, w
                        root=workdir or (plot.parent if plot else None))
     from lightning.pytorch.tuner import Tuner
 
-    finder = Tuner(trainer).lr_find(task, train_dataloaders=train, min_lr=1e-6, max_lr=1.0,
-                                    num_training=steps, update_attr=False, early_stop_threshold=None)
+    previous = os.environ.get("TQDM_DISABLE")
+    if config.quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # Lightning's LR finder draws its own tqdm bar
+    try:
+        finder = Tuner(trainer).lr_find(task, train_dataloaders=train, min_lr=1e-6, max_lr=1.0,
+                                        num_training=steps, update_attr=False, early_stop_threshold=None)
+    finally:
+        if previous is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = previous
     suggestion = _suggest(finder.results["lr"], finder.results["loss"]) if finder is not None else 1e-3
     if plot is not None and finder is not None:
         plot_lr_curve(finder.results["lr"], finder.results["loss"], suggestion, plot)

@@ -1,0 +1,139 @@
+"""`sparsecover report`: one self-contained HTML file about a run (images embedded, nothing fetched).
+
+Sections: data summary, settings, training curves and the LR range test, validation per-class table
+and confusion matrix, image | ground truth | prediction panel on validation chips, and, when given,
+the classified map with its legend and its evaluation against a reference.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import tempfile
+from pathlib import Path
+
+from . import __version__
+from .errors import SparsecoverError
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return html.escape(str(value))
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _metrics_section(title: str, metrics: dict, confusion_png: Path) -> str:
+    headline = (f"<p class='headline'>overall accuracy <b>{metrics['overall_accuracy']:.3f}</b> · macro-F1 "
+                f"<b>{metrics['macro_f1']:.3f}</b> · kappa <b>{metrics['kappa']:.3f}</b> · mean IoU "
+                f"<b>{metrics['mean_iou']:.3f}</b> · {metrics['pixels']:,} reference pixels</p>")
+    rows = [[c["class"], c["precision"], c["recall"], c["f1"], c["iou"], c["support"]] for c in metrics["per_class"]]
+    table = _table(["class", "precision (user's)", "recall (producer's)", "F1", "IoU", "support"], rows)
+    parts = [f"<h2>{html.escape(title)}</h2>", headline, table, _img(confusion_png, "confusion matrix")]
+    if metrics.get("area_estimates"):
+        area_rows = [[a["class"], a["mapped_area"] / 1e6, a["estimated_area"] / 1e6, a["ci95"] / 1e6]
+                     for a in metrics["area_estimates"]]
+        parts.append("<h3>Area estimates (Olofsson et al. 2014, 95 % CI), km²</h3>")
+        parts.append(_table(["class", "mapped", "estimated", "± 95 % CI"], area_rows))
+    return "\n".join(parts)
+
+
+def build_report(run: str | Path, out: str | Path, classified: str | Path | None = None,
+                 evaluation: str | Path | None = None, show_rows: int = 4) -> Path:
+    """Write the HTML report for training run ``run`` (plus a map and its evaluation, if given)."""
+    from .chips import open_chip_dataset
+    from .evaluate import evaluate_run
+    from .plots import plot_confusion, plot_history, plot_map, show_results
+    from .predict import load_model
+    from .train import TrainConfig, prepare
+
+    run, out = Path(run), Path(out)
+    if not (run / "config.json").exists():
+        raise SparsecoverError(f"{run}: not a training run folder (no config.json)")
+    config = json.loads((run / "config.json").read_text())["settings"]
+    sections = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        dataset = open_chip_dataset(config["dataset"]) if Path(config["dataset"]).exists() else None
+        if dataset is not None:
+            band_rows = [[b.name, b.dtype, s["min"], s["p1"], s["mean"], s["std"], s["p99"], s["max"]]
+                         for b, s in zip(dataset.bands, dataset.statistics)]
+            class_rows = [[c.value, c.name, c.color, dataset.class_pixel_counts.get(c.value, 0)] for c in dataset.classes]
+            sections.append(
+                "<h2>Data</h2>"
+                f"<p>{len(dataset)} chips of {dataset.tile_size} px from <code>{html.escape(str(dataset.root))}</code>"
+                f" ({dataset.kind}); {len(dataset.groups)} spatial groups (polygons / regions) for the split.</p>"
+                + _table(["band", "dtype", "min", "p1", "mean", "std", "p99", "max"], band_rows)
+                + _table(["value", "class", "colour", "labelled pixels"], class_rows)
+            )
+        settings_rows = [[k, json.dumps(v)] for k, v in sorted(config.items())]
+        sections.append("<h2>Settings</h2>" + _table(["setting", "value"], settings_rows))
+        if (run / "history.csv").exists():
+            plot_history(run / "history.csv", tmp / "history.png")
+            parts = ["<h2>Training</h2>", _img(tmp / "history.png", "training curves")]
+            if (run / "lr_find.png").exists():
+                parts.append(_img(run / "lr_find.png", "LR range test"))
+            sections.append("\n".join(parts))
+        if (run / "metrics.json").exists():
+            metrics = evaluate_run(run, tmp / "validation")
+            sections.append(_metrics_section("Validation (held-out polygons)", metrics,
+                                             tmp / "validation" / "confusion_matrix.png"))
+            if dataset is not None:
+                saved = {k: v for k, v in config.items() if k in TrainConfig.__dataclass_fields__}
+                prepared = prepare(dataset, TrainConfig(**{**saved, "quiet": True}))
+                if prepared.valid is not None:
+                    chosen = prepared.valid.indices[:: max(1, len(prepared.valid.indices) // show_rows)][:show_rows]
+                    show_results(dataset, load_model(run), chosen, tmp / "results.png")
+                    sections.append("<h2>Validation chips: image | ground truth | prediction</h2>"
+                                    + _img(tmp / "results.png", "show_results"))
+        if classified is not None:
+            plot_map(classified, tmp / "map.png")
+            sections.append(f"<h2>Map</h2><p><code>{html.escape(str(classified))}</code></p>"
+                            + _img(tmp / "map.png", "classified map"))
+        if evaluation is not None:
+            evaluation = Path(evaluation)
+            metrics = json.loads((evaluation / "metrics.json").read_text())
+            plot_confusion(__import__("numpy").asarray(metrics["confusion_matrix"]),
+                           [c["class"] for c in metrics["per_class"]], tmp / "eval_cm.png")
+            title = f"Map accuracy against {Path(metrics['reference']).name} ({metrics['reference_kind']})"
+            if metrics.get("excluded"):
+                title += f", excluding {Path(metrics['excluded']).name}"
+            sections.append(_metrics_section(title, metrics, tmp / "eval_cm.png"))
+        created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        document = _TEMPLATE.format(title=html.escape(f"sparsecover report: {run.name}"), created=created,
+                                    version=__version__, body="\n".join(f"<section>{s}</section>" for s in sections))
+    out.write_text(document, encoding="utf-8")
+    return out
+
+
+_TEMPLATE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
+h1 {{ font-size: 1.6em; }} h2 {{ border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 1.6em; }}
+table {{ border-collapse: collapse; margin: .8em 0; font-size: .9em; }}
+th, td {{ border: 1px solid #ddd; padding: .25em .6em; text-align: right; }}
+th {{ background: #f3f3f3; }} td:first-child, th:first-child {{ text-align: left; }}
+img {{ max-width: 100%; display: block; margin: .6em 0; }} .headline {{ font-size: 1.05em; }}
+code {{ background: #f5f5f5; padding: 0 .2em; }}
+</style></head>
+<body><h1>{title}</h1><p>made {created} by sparsecover {version}</p>
+{body}
+</body></html>
+"""

@@ -1,0 +1,136 @@
+"""evaluate and report: metrics equal scikit-learn's, every reference kind, pictures, a real browser."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from shapely.geometry import Point, box
+from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, f1_score, jaccard_score, precision_score, recall_score
+
+from conftest import ORIGIN, RES, UTM, write_raster
+from sparsecover import SparsecoverError
+from sparsecover.evaluate import area_estimates, evaluate_map
+from sparsecover.metrics import summarize
+
+
+def _classified(tmp_path, data):
+    path = write_raster(tmp_path / "map.tif", data.astype("uint8"), nodata=0)
+    with rasterio.open(path, "r+") as dst:
+        dst.update_tags(CLASS_NAMES=json.dumps({"1": "water", "2": "forest", "3": "urban"}))
+        dst.write_colormap(1, {1: (0, 0, 255, 255), 2: (0, 128, 0, 255), 3: (255, 0, 0, 255)})
+    return path
+
+
+@pytest.fixture
+def maps(tmp_path):
+    rng = np.random.default_rng(0)
+    truth = rng.integers(1, 4, (80, 120)).astype("uint8")
+    predicted = np.where(rng.random((80, 120)) < 0.7, truth, rng.integers(1, 4, (80, 120))).astype("uint8")
+    predicted[:, :5] = 0  # map nodata
+    sparse = truth.copy()
+    sparse[rng.random((80, 120)) < 0.5] = 0  # no reference
+    return _classified(tmp_path, predicted), write_raster(tmp_path / "ref.tif", sparse, nodata=0), predicted, sparse
+
+
+def test_metrics_equal_scikit_learn(maps, tmp_path):
+    classified, reference, predicted, truth = maps
+    result = evaluate_map(classified, reference, tmp_path / "eval", progress=False)
+    keep = (truth > 0) & (predicted > 0)
+    t, p = truth[keep], predicted[keep]
+    labels = [1, 2, 3]
+    assert result["pixels"] == keep.sum()
+    assert result["overall_accuracy"] == pytest.approx(accuracy_score(t, p))
+    assert result["kappa"] == pytest.approx(cohen_kappa_score(t, p))
+    assert result["macro_f1"] == pytest.approx(f1_score(t, p, average="macro"))
+    assert result["weighted_f1"] == pytest.approx(f1_score(t, p, average="weighted"))
+    assert result["mean_iou"] == pytest.approx(jaccard_score(t, p, average="macro"))
+    for i, c in enumerate(result["per_class"]):
+        assert c["precision"] == pytest.approx(precision_score(t, p, labels=labels, average=None)[i])
+        assert c["recall"] == pytest.approx(recall_score(t, p, labels=labels, average=None)[i])
+        assert c["iou"] == pytest.approx(jaccard_score(t, p, labels=labels, average=None)[i])
+    assert result["confusion_matrix"] == confusion_matrix(t, p, labels=labels).tolist()
+    assert [c["class"] for c in result["per_class"]] == ["water", "forest", "urban"]
+    for name in ("metrics.json", "confusion_matrix.csv", "confusion_matrix.png"):
+        assert (tmp_path / "eval" / name).exists()
+    header = (tmp_path / "eval" / "confusion_matrix.csv").read_text().splitlines()[0]
+    assert header == "reference \\ predicted,water,forest,urban,total"
+
+
+def test_points_polygons_and_exclusion(maps, tmp_path):
+    classified, _, predicted, _ = maps
+    x0, y0 = ORIGIN
+    points = gpd.GeoDataFrame(
+        {"klass": [1, 2, 3, 1]},
+        geometry=[Point(x0 + 55, y0 - 55), Point(x0 + 305, y0 - 205), Point(x0 + 15, y0 - 15), Point(0, 0)],
+        crs=UTM,
+    ).to_crs("EPSG:4326")  # reprojected back by evaluate
+    points.to_file(tmp_path / "points.gpkg")
+    result = evaluate_map(classified, tmp_path / "points.gpkg", tmp_path / "ep", class_field="klass", progress=False)
+    assert result["reference_kind"] == "points"
+    assert result["points"] == {"total": 4, "used": 2, "outside_or_nodata": 2}  # one on map nodata, one far away
+    assert result["pixels"] == 2
+    assert len(result["area_estimates"]) == 3
+    polygon = gpd.GeoDataFrame({"klass": [2]}, geometry=[box(x0 + 200, y0 - 400, x0 + 600, y0 - 100)], crs=UTM)
+    polygon.to_file(tmp_path / "poly.gpkg")
+    result = evaluate_map(classified, tmp_path / "poly.gpkg", tmp_path / "epoly", class_field="klass", progress=False)
+    assert result["reference_kind"] == "polygons" and result["pixels"] == 30 * 40
+    polygon.to_file(tmp_path / "exclude.gpkg")
+    with pytest.raises(SparsecoverError, match="no reference pixel overlaps a classified pixel"):
+        evaluate_map(classified, tmp_path / "poly.gpkg", tmp_path / "ex", class_field="klass",
+                     exclude=tmp_path / "exclude.gpkg", progress=False)
+
+
+def test_area_estimates_follow_olofsson_example():
+    # Olofsson et al. (2014), section 5 example: map strata areas (pixels) and the sample error matrix
+    mapped = [200000, 150000, 3200000, 6450000]
+    # our confusion matrix is reference x map: transpose of the paper's map x reference table
+    paper = np.array([[66, 0, 5, 4], [0, 55, 8, 12], [1, 0, 153, 11], [2, 1, 9, 313]])
+    result = area_estimates(paper.T, mapped, pixel_area=0.09, names=["a", "b", "c", "d"])  # 30 m pixels, ha
+    estimated_ha = [r["estimated_area"] for r in result]
+    assert estimated_ha[0] == pytest.approx(21158, rel=0.01)
+    assert estimated_ha[1] == pytest.approx(11686, rel=0.01)
+    assert result[0]["ci95"] == pytest.approx(6158, rel=0.02)
+    assert sum(estimated_ha) == pytest.approx(sum(mapped) * 0.09)
+
+
+def test_summarize_handles_absent_classes():
+    matrix = np.array([[5, 1, 0], [2, 7, 0], [0, 0, 0]])
+    s = summarize(matrix, ["a", "b", "c"])
+    assert s["per_class"][2]["recall"] is None and s["per_class"][2]["support"] == 0
+    assert s["macro_f1"] == pytest.approx(np.mean([10 / 13, 14 / 17]))
+
+
+def test_report_renders_in_a_real_browser(tmp_path, train_chips):
+    from sparsecover.predict import classify_pixels
+    from sparsecover.report import build_report
+    from sparsecover.train import TrainConfig, train
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    run = train(train_chips, tmp_path / "run", TrainConfig(backbone="resnet18", epochs=2, lr=1e-3, quiet=True))
+    classified = classify_pixels(train_chips.parent / "classes_scene.tif", run, tmp_path / "map.tif",
+                                 tile_size=64, padding=16, progress=False)
+    evaluation = tmp_path / "evaluation"
+    evaluate_map(classified, train_chips.parent / "polygons.gpkg", evaluation, class_field="classvalue", progress=False)
+    report = build_report(run, tmp_path / "report.html", classified=classified, evaluation=evaluation)
+    text = report.read_text()
+    for heading in ("Data", "Settings", "Training", "Validation (held-out polygons)", "image | ground truth | prediction",
+                    "Map", "Map accuracy against polygons.gpkg"):
+        assert heading in text, heading
+    assert text.count("data:image/png;base64,") >= 5 and "http://" not in text and "https://" not in text
+    if chromium is None:
+        pytest.skip("Chromium not installed (Debian package chromium; .ci/run installs it): browser check skipped")
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+                    f"--screenshot={shot}", "--window-size=1200,3000", report.as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    from PIL import Image
+
+    image = np.asarray(Image.open(shot).convert("RGB"))
+    assert image.shape[0] == 3000 and image.std() > 20  # rendered content, not a blank page
