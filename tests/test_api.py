@@ -17,9 +17,12 @@ def test_prepare_fit_metrics_save(train_chips, tmp_path):
     assert list(table.columns) == ["class1", "class2", "class3"]
     assert list(table.index) == ["precision", "recall", "f1_score"]
     assert "mean" in model.mIOU()
+    model.show_results(rows=2, path=tmp_path / "results.png")
+    assert (tmp_path / "results.png").stat().st_size > 5000
     saved = model.save(tmp_path / "models" / "landcover")
     assert saved.name == "landcover.sparsecover" and saved.is_file()
     from sparsecover.predict import load_model
 
     assert load_model(saved).class_values == [1, 2, 3]
+    assert UnetClassifier.load(saved).meta["encoder"] == "resnet18"
     assert run == tmp_path / "run"

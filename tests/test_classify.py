@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ import rasterio
 
 from conftest import write_raster
 from sparsecover import SparsecoverError
-from sparsecover.predict import classify_pixels, load_model
+from sparsecover.classify import classify_pixels
+from sparsecover.predict import load_model
 from sparsecover.train import TrainConfig, train
 
 
@@ -52,3 +54,105 @@ def test_contract_and_output_errors(trained, tmp_path):
     with pytest.raises(SparsecoverError, match="not a training run or model folder"):
         load_model(tmp_path)
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_confidence_probabilities_and_tta(trained, train_chips, tmp_path):
+    scene = train_chips.parent / "classes_scene.tif"
+    out = classify_pixels(scene, trained, tmp_path / "map.tif", tile_size=64, padding=16, tta=True,
+                          confidence=tmp_path / "conf.tif", probabilities=tmp_path / "probs.tif", progress=False)
+    classes = rasterio.open(out).read(1)
+    with rasterio.open(tmp_path / "probs.tif") as src:
+        probs = src.read()
+        assert src.descriptions == ("class1", "class2", "class3") and src.count == 3
+    confidence = rasterio.open(tmp_path / "conf.tif").read(1)
+    np.testing.assert_allclose(probs.sum(0), 1, atol=1e-4)
+    np.testing.assert_allclose(confidence, probs.max(0), atol=1e-6)
+    assert np.array_equal(classes, np.array([1, 2, 3], dtype=np.uint8)[probs.argmax(0)])
+    plain = rasterio.open(classify_pixels(scene, trained, tmp_path / "plain.tif", tile_size=64, padding=16,
+                                          progress=False)).read(1)
+    assert (plain == classes).mean() > 0.8  # TTA changes a few pixels, not the map
+
+
+def test_onnx_engine_matches_torch(trained, train_chips, tmp_path):
+    scene = train_chips.parent / "classes_scene.tif"
+    a = classify_pixels(scene, trained, tmp_path / "t.tif", tile_size=64, padding=16, probabilities=tmp_path / "tp.tif",
+                        progress=False)
+    b = classify_pixels(scene, trained, tmp_path / "o.tif", tile_size=64, padding=16, engine="onnx",
+                        probabilities=tmp_path / "op.tif", progress=False)
+    pa, pb = rasterio.open(tmp_path / "tp.tif").read(), rasterio.open(tmp_path / "op.tif").read()
+    assert np.abs(pa - pb).max() < 1e-4
+    assert (rasterio.open(a).read(1) == rasterio.open(b).read(1)).mean() > 0.999
+
+
+def test_aoi(trained, train_chips, tmp_path):
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from conftest import ORIGIN, RES, UTM
+
+    scene = train_chips.parent / "classes_scene.tif"
+    x0, y0 = ORIGIN
+    gpd.GeoDataFrame(geometry=[box(x0, y0 - 64 * RES, x0 + 64 * RES, y0)], crs=UTM).to_file(tmp_path / "aoi.gpkg")
+    classes = rasterio.open(classify_pixels(scene, trained, tmp_path / "m.tif", aoi=tmp_path / "aoi.gpkg",
+                                            tile_size=64, padding=16, progress=False)).read(1)
+    assert classes[:64, :64].all() and not classes[64:].any() and not classes[:, 64:].any()
+    gpd.GeoDataFrame(geometry=[box(0, 0, 10, 10)], crs=UTM).to_file(tmp_path / "far.gpkg")
+    with pytest.raises(SparsecoverError, match="far.gpkg: the AOI lies outside"):
+        classify_pixels(scene, trained, tmp_path / "n.tif", aoi=tmp_path / "far.gpkg", progress=False)
+
+
+def test_dask_two_workers_equal_single_process(trained, train_chips, tmp_path):
+    pytest.importorskip("distributed")
+    scene = train_chips.parent / "classes_scene.tif"
+    package = trained / "model.sparsecover"
+    one = classify_pixels(scene, package, tmp_path / "one.tif", tile_size=64, padding=16, progress=False)
+    two = classify_pixels(scene, package, tmp_path / "two.tif", tile_size=64, padding=16, workers=2, progress=False)
+    assert np.array_equal(rasterio.open(one).read(1), rasterio.open(two).read(1))
+
+
+def test_resume_after_sigkill_gives_the_uninterrupted_result(trained, train_chips, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    with rasterio.open(train_chips.parent / "classes_scene.tif") as src:
+        data = src.read()
+    big = write_raster(tmp_path / "big.tif", np.tile(data, (1, 4, 4)), nodata=0)  # 512 x 512
+    package = str(trained / "model.sparsecover")
+    reference = classify_pixels(big, package, tmp_path / "ref.tif", tile_size=64, padding=16, batch_size=1,
+                                progress=False)
+    out = tmp_path / "map.tif"
+    cmd = [sys.executable, "-m", "sparsecover.cli", "classify", str(big), package, "--out", str(out),
+           "--tile-size", "64", "--padding", "16", "--batch-size", "1", "-q", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    state = tmp_path / ".map.tif.state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if state.exists():
+            try:
+                if len(json.loads(state.read_text())["done"]) >= 20:
+                    break
+            except ValueError:
+                pass
+        if proc.poll() is not None:
+            pytest.fail(f"classify ended before it could be killed: {proc.stderr.read().decode()}")
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and state.exists()
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert np.array_equal(rasterio.open(out).read(1), rasterio.open(reference).read(1))
+    with rasterio.open(out) as result:
+        assert result.colormap(1)[1] == (0x4E, 0x79, 0xA7, 255)
+        assert result.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".map.tif")]
+    # a resume with other settings is refused, naming the difference
+    settings = {"raster": str(big.resolve()), "model": str(Path(package).resolve()), "tile_size": 64,
+                "padding": 16, "tta": False, "engine": "torch", "aoi": None}
+    (tmp_path / ".y.tif.state.json").write_text(json.dumps({"settings": settings, "done": []}))
+    (tmp_path / ".y.tif.partial.tif").write_bytes(reference.read_bytes())
+    with pytest.raises(SparsecoverError, match="--resume with other settings: padding was 16, now 8"):
+        classify_pixels(big, package, tmp_path / "y.tif", tile_size=64, padding=8, progress=False, resume=True)

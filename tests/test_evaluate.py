@@ -107,7 +107,7 @@ def test_summarize_handles_absent_classes():
 
 
 def test_report_renders_in_a_real_browser(tmp_path, train_chips):
-    from sparsecover.predict import classify_pixels
+    from sparsecover.classify import classify_pixels
     from sparsecover.report import build_report
     from sparsecover.train import TrainConfig, train
 

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from sparsecover import SparsecoverError, open_chip_dataset
 from sparsecover.cli import cli
 from sparsecover.package import EMD, ONNX, WEIGHTS, export_onnx, onnx_session, read_package, save_package
-from sparsecover.predict import classify_pixels, load_model
+from sparsecover.classify import classify_pixels
+from sparsecover.predict import load_model
 from sparsecover.train import TrainConfig, train
 
 

@@ -190,3 +190,8 @@ def test_imagenet_stem_adaptation_maps_rgb_filters_by_band_name():
     torch.testing.assert_close(new[:, 3], rgb[:, 0] * scale)  # red
     torch.testing.assert_close(new[:, 1], rgb[:, 2] * scale)  # blue
     torch.testing.assert_close(new[:, 0], rgb.mean(1) * scale)  # nir: mean RGB filter
+
+
+def test_early_stopping_stops_when_validation_loss_stalls(train_chips, tmp_path):
+    run = train(train_chips, tmp_path / "run", TrainConfig(**{**FAST, "epochs": 8, "lr": 1e-12, "early_stopping": 1}))
+    assert len(_history(run)) < 8

@@ -17,8 +17,10 @@ __version__ = "0.1.0"
 
 from .api import TrainingData, UnetClassifier, prepare_data  # noqa: E402
 from .chips import ChipDataset, open_chip_dataset  # noqa: E402
+from .classify import classify_pixels  # noqa: E402
 from .errors import SparsecoverError, SparsecoverWarning  # noqa: E402
 from .export import export_training_data  # noqa: E402
+from .predict import load_model  # noqa: E402
 from .stack import stack_bands  # noqa: E402
 
 __all__ = [
@@ -29,6 +31,8 @@ __all__ = [
     "SparsecoverError",
     "SparsecoverWarning",
     "__version__",
+    "classify_pixels",
+    "load_model",
     "export_training_data",
     "open_chip_dataset",
     "stack_bands",

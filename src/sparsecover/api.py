@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .chips import ChipDataset, open_chip_dataset
 from .errors import SparsecoverError
+from .predict import LoadedModel
 from .train import MODEL_DIR, TrainConfig, find_lr, prepare, train
 
 
@@ -109,6 +110,25 @@ class UnetClassifier:
         result = {r["class"]: r["iou"] for r in metrics["per_class"]}
         result["mean"] = metrics["mean_iou"]
         return result
+
+    def show_results(self, rows: int = 4, path: str | Path | None = None):
+        """Validation chips as image | ground truth | prediction rows (saved to ``path`` if given)."""
+        from .plots import show_results
+        from .predict import load_model
+
+        if self.run is None:
+            raise SparsecoverError("no model yet: call fit() first")
+        prepared = prepare(self.data.dataset, self.config)
+        pool = prepared.valid.indices if prepared.valid is not None else prepared.train.indices
+        chosen = pool[:: max(1, len(pool) // rows)][:rows]
+        return show_results(self.data.dataset, load_model(self.run), chosen, path)
+
+    @classmethod
+    def load(cls, path: str | Path, data: TrainingData | None = None) -> LoadedModel:
+        """A saved model (``.sparsecover`` package or run folder), ready for :func:`classify_pixels`."""
+        from .predict import load_model
+
+        return load_model(path)
 
     def save(self, name: str | Path, onnx: bool = False) -> Path:
         """Save the trained model as one package file: ``models/<name>.sparsecover`` in the data

@@ -181,20 +181,31 @@ def lr_find(chips, out, **kw) -> None:
 @cli.command()
 @click.argument("raster", type=click.Path(path_type=Path))
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Classified GeoTIFF to write.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Classified GeoTIFF (COG) to write.")
 @click.option("--tile-size", default=512, show_default=True, help="Input tile side (multiple of 32).")
 @click.option("--padding", default=32, show_default=True, help="Context pixels around each tile's kept core.")
 @click.option("--batch-size", default=4, show_default=True)
+@click.option("--tta", is_flag=True, help="Average the 8 flips/rotations (8x slower).")
+@click.option("--confidence", type=click.Path(path_type=Path), help="Also write the top-class probability here.")
+@click.option("--probabilities", type=click.Path(path_type=Path), help="Also write per-class probabilities here.")
+@click.option("--aoi", type=click.Path(path_type=Path), help="Polygons: classify only inside (nodata outside).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--engine", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True)
+@click.option("--workers", type=int, help="Start a local Dask cluster with N worker processes.")
+@click.option("--dask-scheduler", help="Address of a running Dask scheduler (tcp://host:8786).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its finished blocks.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def classify(raster, model, out, tile_size, padding, batch_size, device, overwrite, quiet) -> None:
-    """Classify a raster with a trained model (a run folder or its model/ folder)."""
-    from .predict import classify_pixels
+def classify(raster, model, out, tile_size, padding, batch_size, tta, confidence, probabilities, aoi, device, engine,
+             workers, dask_scheduler, resume, overwrite, quiet) -> None:
+    """Classify a raster with a trained model (.sparsecover package or run folder)."""
+    from .classify import classify_pixels
 
-    path = classify_pixels(raster, model, out, tile_size=tile_size, padding=padding, batch_size=batch_size,
-                           device=device, overwrite=overwrite, progress=not quiet)
-    out_console.print(f"wrote {path}")
+    path = classify_pixels(raster, model, out, tile_size=tile_size, padding=padding, batch_size=batch_size, tta=tta,
+                           confidence=confidence, probabilities=probabilities, aoi=aoi, device=device, engine=engine,
+                           workers=workers, dask_scheduler=dask_scheduler, resume=resume, overwrite=overwrite,
+                           progress=not quiet)
+    out_console.print(f"wrote {path}" + "".join(f" and {p}" for p in (confidence, probabilities) if p))
 
 
 @cli.command()

@@ -15,7 +15,7 @@ from .chips import open_chip_dataset
 from .errors import SparsecoverError
 from .export import export_training_data
 from .evaluate import evaluate_map, evaluate_run
-from .predict import classify_pixels
+from .classify import classify_pixels
 from .report import build_report
 from .stack import stack_bands
 from .train import TrainConfig, train

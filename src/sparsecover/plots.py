@@ -171,8 +171,9 @@ def plot_map(classified: str | Path, path: str | Path, max_size: int = 1000) -> 
     plt.close(fig)
 
 
-def show_results(dataset: ChipDataset, model, indices: list[int], path: str | Path) -> None:
-    """Rows of image | ground truth | prediction for chips (validation chips, typically)."""
+def show_results(dataset: ChipDataset, model, indices: list[int], path: str | Path | None = None):
+    """Rows of image | ground truth | prediction for chips (validation chips, typically); saved to
+    ``path`` if given, else the figure is returned (for notebooks)."""
     import torch
 
     plt = _pyplot()
@@ -196,5 +197,8 @@ def show_results(dataset: ChipDataset, model, indices: list[int], path: str | Pa
             ax.set_title(title, fontsize=9)
             ax.axis("off")
     fig.tight_layout()
+    if path is None:
+        return fig
     fig.savefig(path, dpi=90)
     plt.close(fig)
+    return None

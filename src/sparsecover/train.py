@@ -290,6 +290,21 @@ def _quiet_lightning(quiet: bool) -> None:
     warnings.filterwarnings("ignore", message=".*number of training batches.*smaller than the logging interval.*")
 
 
+def _loggers(run: Path | None) -> list | bool:
+    """CSV logs always; TensorBoard too when it is installed."""
+    if run is None:
+        return False
+    loggers = [CSVLogger(run, name="logs", version="")]
+    try:
+        import tensorboard  # noqa: F401
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(run, name="logs", version="tensorboard"))
+    except ImportError:
+        pass
+    return loggers
+
+
 def _trainer(config: TrainConfig, run: Path | None, callbacks: list, max_epochs: int,
              root: Path | None = None) -> L.Trainer:
     return L.Trainer(
@@ -300,7 +315,7 @@ def _trainer(config: TrainConfig, run: Path | None, callbacks: list, max_epochs:
         precision=config.precision,
         max_epochs=max_epochs,
         callbacks=callbacks,
-        logger=CSVLogger(run, name="logs", version="") if run is not None else False,
+        logger=_loggers(run),
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
         enable_progress_bar=not config.quiet,
         enable_model_summary=False,

@@ -1,0 +1,165 @@
+"""Throughput and memory of `sparsecover classify`, printed as one table from one run.
+
+    python benchmarks/classify_speed.py [--big-mp 400] [--device cpu] [--skip-big]
+
+Input: the four Sentinel-2 10 m bands of ../shared/data/s2_10m stacked into a VRT and *tiled by
+repetition* (a VRT that repeats the scene; no mirror flips) to about 25 MP and to ``--big-mp`` MP, built
+at benchmark time. The model is a ResNet34 U-Net with random weights (speed does not depend on the
+weights), 4 bands -> 7 classes, packaged like a trained one.
+
+Rows: bare forward pass of the network over 512 px tiles (MP/s, the ceiling); classify at default
+settings (torch and onnxruntime engines); classify with --tta; peak RSS of classify at ~25 MP and at the
+big size, each in its own process. Ratios: classify / bare forward, onnx / torch, tta / plain, RSS big / small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "s2_10m"
+
+
+def repeat_vrt(source: Path, out: Path, nx: int, ny: int) -> Path:
+    """A VRT that repeats ``source`` nx x ny times (every band); no pixels are copied."""
+    import rasterio
+
+    with rasterio.open(source) as src:
+        width, height, count = src.width, src.height, src.count
+        transform, crs, dtype = src.transform, src.crs, src.dtypes[0]
+    root = ET.Element("VRTDataset", rasterXSize=str(width * nx), rasterYSize=str(height * ny))
+    ET.SubElement(root, "SRS").text = crs.to_wkt()
+    ET.SubElement(root, "GeoTransform").text = ", ".join(repr(v) for v in transform.to_gdal())
+    gdal_type = {"uint16": "UInt16", "uint8": "Byte", "float32": "Float32", "int16": "Int16"}[dtype]
+    for band in range(1, count + 1):
+        element = ET.SubElement(root, "VRTRasterBand", dataType=gdal_type, band=str(band))
+        for j in range(ny):
+            for i in range(nx):
+                simple = ET.SubElement(element, "SimpleSource")
+                ET.SubElement(simple, "SourceFilename", relativeToVRT="0").text = str(source.resolve())
+                ET.SubElement(simple, "SourceBand").text = str(band)
+                ET.SubElement(simple, "SrcRect", xOff="0", yOff="0", xSize=str(width), ySize=str(height))
+                ET.SubElement(simple, "DstRect", xOff=str(i * width), yOff=str(j * height), xSize=str(width),
+                              ySize=str(height))
+    ET.ElementTree(root).write(out)
+    return out
+
+
+def make_package(folder: Path, stack: Path) -> Path:
+    """A random-weight ResNet34 U-Net packaged with real normalisation statistics of the scene."""
+    import rasterio
+    from safetensors.torch import save_file
+
+    from sparsecover.model import build_model
+    from sparsecover.package import save_package
+
+    with rasterio.open(stack) as src:
+        sample = src.read(out_shape=(src.count, 256, 256)).reshape(src.count, -1).astype(np.float64)
+        res = src.res
+    model_dir = folder / "model"
+    model_dir.mkdir()
+    network = build_model(4, 7, "resnet34")
+    save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(model_dir / "weights.safetensors"))
+    meta = {
+        "schema_version": 1, "architecture": "unet", "encoder": "resnet34", "input_channels": 4,
+        "classes": [{"index": i, "value": i + 1, "name": f"class_{i + 1}", "color": "#808080"} for i in range(7)],
+        "ignore_classes": [], "source_band_count": 4,
+        "bands": [{"name": n, "source_index": i + 1, "dtype": "uint16", "nodata": None}
+                  for i, n in enumerate(["blue", "green", "red", "nir"])],
+        "normalisation": {"method": "percentile-clip-standardise",
+                          "low": np.percentile(sample, 1, axis=1).tolist(), "high": np.percentile(sample, 99, axis=1).tolist(),
+                          "mean": sample.mean(1).tolist(), "std": sample.std(1).tolist()},
+        "tile_size": 256, "padding": 32, "resolution": list(res), "crs": None, "training": {},
+    }
+    (model_dir / "model.json").write_text(json.dumps(meta))
+    return save_package(model_dir, folder / "bench.sparsecover")
+
+
+def bare_forward(package: Path, device: str, tiles: int = 12, size: int = 512) -> float:
+    """MP/s of the network alone on random 512 px tiles in batches of 4 (the classify default)."""
+    from sparsecover.predict import load_model
+
+    model = load_model(package, device)
+    network = model.network
+    if device == "cpu":
+        network.to(memory_format=torch.channels_last)
+    x = torch.randn(4, 4, size, size, device=device)
+    if device == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        network(x)
+        start = time.perf_counter()
+        for _ in range(tiles // 4):
+            network(x)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return tiles * size * size / 1e6 / (time.perf_counter() - start)
+
+
+def run_classify(raster: Path, package: Path, out: Path, extra: list[str]) -> tuple[float, float, float]:
+    """(seconds, megapixels, peak RSS in MB) of one classify in its own process."""
+    import rasterio
+
+    with rasterio.open(raster) as src:
+        mp = src.width * src.height / 1e6
+    code = (
+        "import resource, sys, time; from sparsecover.classify import classify_pixels; t = time.perf_counter();"
+        f"classify_pixels({str(raster)!r}, {str(package)!r}, {str(out)!r}, overwrite=True, progress=False, **{extra!r}[0]);"
+        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    seconds, rss = map(float, result.stdout.split()[-2:])
+    return seconds, mp, rss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--big-mp", type=float, default=400)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip-big", action="store_true", help="Skip the big raster (its RSS row).")
+    args = parser.parse_args()
+    if not SHARED.is_dir():
+        sys.exit(f"benchmark data not found: {SHARED}")
+    from sparsecover.stack import stack_bands
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        stack = stack_bands([SHARED / f"s2_B0{b}.tif" for b in (2, 3, 4, 8)], tmp / "s2.vrt")
+        package = make_package(tmp, stack)
+        small = repeat_vrt(stack, tmp / "small.vrt", 3, 2)
+        side = max(1, int(round((args.big_mp / 3.76) ** 0.5)))
+        big = repeat_vrt(stack, tmp / "big.vrt", side, side)
+        bare = bare_forward(package, args.device)
+        rows = [("bare forward pass, 512 px tiles", bare, "", "")]
+        t, mp, rss_small = run_classify(small, package, tmp / "a.tif", [{"device": args.device}])
+        torch_rate = mp / t
+        rows.append((f"classify torch ({mp:.1f} MP)", torch_rate, f"{torch_rate / bare:.3f} of bare", f"{rss_small:.0f}"))
+        t, mp, _ = run_classify(small, package, tmp / "b.tif", [{"device": args.device, "engine": "onnx"}])
+        rows.append((f"classify onnxruntime ({mp:.1f} MP)", mp / t, f"{mp / t / torch_rate:.3f} of torch", ""))
+        t, mp, _ = run_classify(stack, package, tmp / "c.tif", [{"device": args.device, "tta": True}])
+        t0, mp0, _ = run_classify(stack, package, tmp / "d.tif", [{"device": args.device}])
+        rows.append((f"classify --tta ({mp:.1f} MP)", mp / t, f"{(mp / t) / (mp0 / t0):.3f} of plain", ""))
+        if not args.skip_big:
+            t, mp, rss_big = run_classify(big, package, tmp / "e.tif", [{"device": args.device}])
+            rows.append((f"classify torch ({mp:.0f} MP)", mp / t, f"RSS {rss_big / rss_small:.3f} of small",
+                         f"{rss_big:.0f}"))
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"classify_speed: Sentinel-2 4-band uint16 scene (s2_10m) repeated by VRT tiling; ResNet34 U-Net, "
+          f"random weights; defaults tile 512, padding 32, batch 4; {device}")
+    print(f"{'run':<36}{'MP/s':>8}  {'ratio':<22}{'peak RSS MB':>12}")
+    for name, rate, ratio, rss in rows:
+        print(f"{name:<36}{rate:>8.2f}  {ratio:<22}{rss:>12}")
+
+
+if __name__ == "__main__":
+    main()

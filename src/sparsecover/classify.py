@@ -1,0 +1,395 @@
+"""`sparsecover classify`: a raster of any size -> classified Cloud-Optimized GeoTIFF, on one machine
+or a Dask cluster.
+
+Each output block (the "core") is predicted from an input tile that reaches ``padding`` pixels past
+it on every side, and only the core is kept: every output pixel comes from exactly one tile with at
+least ``padding`` pixels of context, so tiles leave no seams and blocks are independent. That makes
+a block the unit of everything else: a Dask task (each worker loads the model once), a resume point
+(finished blocks are recorded beside the partial output), and a bounded amount of memory (nothing of
+scene size is allocated; GDAL's cache is capped).
+
+Outputs: uint8 class values as the user defined them, 0 = nodata (input nodata, outside ``aoi``),
+colour table and class names embedded, overviews (mode); optional confidence (top-class
+probability) and per-class probabilities (float32). Everything is written to hidden partial files
+and turned into COGs only at the end, so a failure never leaves a file that looks finished.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+import torch
+from rasterio import features
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from .errors import SparsecoverError
+from .predict import LoadedModel, check_raster, load_model
+from .progress import track
+from .raster import describe, gdal_env, open_raster, read_window
+
+MULTIPLE = 32  # U-Net encoders downsample 5 times: tile sides must be multiples of 32
+ENGINES = ("torch", "onnx")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What decides the output's pixels; a --resume must use the same."""
+
+    raster: str
+    model: str
+    tile_size: int
+    padding: int
+    tta: bool
+    engine: str
+    aoi: str | None
+
+
+def core_windows(width: int, height: int, core: int) -> list[Window]:
+    return [Window(c, r, min(core, width - c), min(core, height - r))
+            for r in range(0, height, core) for c in range(0, width, core)]
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SparsecoverError("--device cuda asked for, but no CUDA GPU is available; use --device auto or cpu")
+    if name not in ("cpu", "cuda"):
+        raise SparsecoverError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+class Predictor:
+    """Raw tiles (N, bands, T, T) -> class probabilities (N, K, T, T), by PyTorch or ONNX Runtime.
+
+    Invalid pixels get the band's normalisation mean, i.e. 0 after normalisation, in both engines,
+    so the two agree. ``tta`` averages the 8 flips/rotations.
+    """
+
+    def __init__(self, loaded: LoadedModel, device: torch.device, engine: str, tta: bool) -> None:
+        if engine not in ENGINES:
+            raise SparsecoverError(f"--engine must be torch or onnx, got {engine!r}")
+        self.loaded, self.device, self.engine, self.tta = loaded, device, engine, tta
+        self.fill = np.asarray(loaded.normalisation.mean, dtype=np.float32)[:, None]
+        if engine == "onnx":
+            from .package import onnx_bytes, onnx_session
+
+            self.session = onnx_session(onnx_bytes(loaded.meta, loaded.network))
+        else:
+            loaded.network.to(device)
+            if device.type == "cpu":
+                loaded.network.to(memory_format=torch.channels_last)
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        if self.engine == "onnx":
+            return self.session.run(None, {"image": batch})[0]
+        norm = self.loaded.normalisation
+        low = torch.tensor(norm.low, device=self.device).view(1, -1, 1, 1)
+        high = torch.tensor(norm.high, device=self.device).view(1, -1, 1, 1)
+        mean = torch.tensor(norm.mean, device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(norm.std, device=self.device).view(1, -1, 1, 1)
+        x = torch.from_numpy(batch).to(self.device)
+        x = (torch.minimum(torch.maximum(x, low), high) - mean) / std
+        if self.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                    enabled=self.device.type == "cuda"):
+            logits = self.loaded.network(x)
+        return torch.softmax(logits.float(), 1).cpu().numpy()
+
+    def __call__(self, raws: np.ndarray, valids: np.ndarray) -> np.ndarray:
+        raws = raws.astype(np.float32, copy=True)
+        for raw, valid in zip(raws, valids):
+            raw[:, ~valid] = self.fill
+        if not self.tta:
+            return self._forward(raws)
+        total = None
+        for k in range(4):
+            for flip in (False, True):
+                view = np.rot90(raws, k, axes=(2, 3))
+                view = np.ascontiguousarray(view[..., ::-1] if flip else view)
+                probs = self._forward(view)
+                probs = probs[..., ::-1] if flip else probs
+                probs = np.rot90(probs, -k, axes=(2, 3))
+                total = probs if total is None else total + probs
+        return np.ascontiguousarray(total / 8)
+
+
+def predict_windows(raster: str, predictor: Predictor, windows: list[Window], tile: int, padding: int,
+                    band_indexes: list[int]) -> list[tuple[Window, np.ndarray, np.ndarray]]:
+    """Probabilities and validity of each window's core (one batch)."""
+    raws, valids = [], []
+    with gdal_env(), rasterio.open(raster) as src:
+        for window in windows:
+            span = Window(window.col_off - padding, window.row_off - padding, tile, tile)
+            data, valid = read_window(src, span, band_indexes, dtype="float32")
+            raws.append(data)
+            valids.append(valid)
+    probs = predictor(np.stack(raws), np.stack(valids))
+    results = []
+    for window, p, valid in zip(windows, probs, valids):
+        h, w = int(window.height), int(window.width)
+        results.append((window, p[:, padding : padding + h, padding : padding + w],
+                        valid[padding : padding + h, padding : padding + w]))
+    return results
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_predictor(model: str, device: str, engine: str, tta: bool) -> Predictor:
+    """Each Dask worker process loads the model once and keeps it."""
+    torch_device = _device(device)
+    return Predictor(load_model(model, str(torch_device)), torch_device, engine, tta)
+
+
+def _dask_task(raster: str, model: str, device: str, engine: str, tta: bool, windows: list[Window],
+               tile: int, padding: int, band_indexes: list[int]):
+    predictor = _worker_predictor(model, device, engine, tta)
+    return predict_windows(raster, predictor, windows, tile, padding, band_indexes)
+
+
+class _Outputs:
+    """The partial output files and the resume record; turned into COGs by :meth:`finish`."""
+
+    CHECKPOINT_SECONDS = 2.0
+
+    def __init__(self, out: Path, confidence: Path | None, probabilities: Path | None, source, meta: dict,
+                 settings: Settings, resume: bool) -> None:
+        self.finals = {"classes": out, "confidence": confidence, "probabilities": probabilities}
+        self.finals = {k: v for k, v in self.finals.items() if v is not None}
+        self.partials = {k: v.parent / f".{v.name}.partial.tif" for k, v in self.finals.items()}
+        self.state_path = out.parent / f".{out.name}.state.json"
+        self.settings = settings
+        self.classes = meta["classes"]
+        self.lut = np.array([c["value"] for c in self.classes], dtype=np.uint8)
+        self.done: set[tuple[int, int]] = set()  # blocks on disk (flushed), as recorded for --resume
+        self.pending: set[tuple[int, int]] = set()  # written, maybe still in GDAL's cache
+        self.checkpointed = time.monotonic()
+        base = {"driver": "GTiff", "width": source.width, "height": source.height, "crs": source.crs,
+                "transform": source.transform, "tiled": True, "blockxsize": 512, "blockysize": 512,
+                "compress": "deflate", "bigtiff": "IF_SAFER"}
+        profiles = {
+            "classes": {**base, "count": 1, "dtype": "uint8", "nodata": 0},
+            "confidence": {**base, "count": 1, "dtype": "float32", "nodata": 0},
+            "probabilities": {**base, "count": len(self.classes), "dtype": "float32", "nodata": -1},
+        }
+        if resume and self._resumable():
+            state = json.loads(self.state_path.read_text())
+            self.done = {tuple(d) for d in state["done"]}
+            self.files = {k: rasterio.open(p, "r+") for k, p in self.partials.items()}
+        else:
+            self.files = {k: rasterio.open(p, "w", **profiles[k]) for k, p in self.partials.items()}
+            self._describe(meta)  # before any pixel: GDAL cannot add a colour table later in r+ mode
+            self._save_state()
+
+    def _resumable(self) -> bool:
+        if not self.state_path.exists() or not all(p.exists() for p in self.partials.values()):
+            return False
+        saved = json.loads(self.state_path.read_text())["settings"]
+        if saved != asdict(self.settings):
+            changed = next(k for k in saved if saved[k] != asdict(self.settings).get(k))
+            raise SparsecoverError(
+                f"--resume with other settings: {changed} was {saved[changed]!r}, now "
+                f"{asdict(self.settings)[changed]!r}; rerun with the same settings (or without --resume)"
+            )
+        return True
+
+    def _save_state(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"settings": asdict(self.settings), "done": sorted(self.done)}))
+        os.replace(tmp, self.state_path)
+
+    def write(self, results, aoi_mask) -> None:
+        for window, probs, valid in results:
+            keep = valid if aoi_mask is None else valid & aoi_mask(window)
+            classes = self.lut[probs.argmax(0)]
+            classes[~keep] = 0
+            self.files["classes"].write(classes, 1, window=window)
+            if "confidence" in self.files:
+                top = probs.max(0).astype(np.float32)
+                top[~keep] = 0
+                self.files["confidence"].write(top, 1, window=window)
+            if "probabilities" in self.files:
+                out = probs.astype(np.float32)
+                out[:, ~keep] = -1
+                self.files["probabilities"].write(out, window=window)
+            self.pending.add((int(window.col_off), int(window.row_off)))
+        if time.monotonic() - self.checkpointed > self.CHECKPOINT_SECONDS:
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Flush the partial files (close and reopen) before recording their blocks as done: a block
+        is only listed for --resume once its pixels are on disk."""
+        self.close()
+        self.files = {k: rasterio.open(p, "r+") for k, p in self.partials.items()}
+        self.done |= self.pending
+        self.pending.clear()
+        self._save_state()
+        self.checkpointed = time.monotonic()
+
+    def _describe(self, meta: dict) -> None:
+        files = self.files
+        files["classes"].write_colormap(1, {c["value"]: tuple(int(c["color"][i : i + 2], 16) for i in (1, 3, 5)) + (255,)
+                                             for c in self.classes})
+        files["classes"].update_tags(CLASS_NAMES=json.dumps({c["value"]: c["name"] for c in self.classes}),
+                                     MODEL=meta.get("encoder", ""))
+        files["classes"].set_band_description(1, "class")
+        if "confidence" in files:
+            files["confidence"].set_band_description(1, "top-class probability")
+        if "probabilities" in files:
+            for i, c in enumerate(self.classes, 1):
+                files["probabilities"].set_band_description(i, c["name"])
+
+    def finish(self) -> None:
+        self.close()
+        for kind, partial in self.partials.items():
+            final = self.finals[kind]
+            staging = final.parent / f".{final.name}.cog.tif"
+            rasterio.shutil.copy(partial, staging, driver="COG", compress="DEFLATE", blocksize=512,
+                                 overview_resampling="MODE" if kind == "classes" else "AVERAGE",
+                                 bigtiff="IF_SAFER", num_threads="ALL_CPUS")
+            os.replace(staging, final)
+        self.discard()
+
+    def close(self) -> None:
+        for f in self.files.values():
+            if not f.closed:
+                f.close()
+
+    def discard(self) -> None:
+        self.close()
+        for path in [*self.partials.values(), self.state_path]:
+            path.unlink(missing_ok=True)
+        for final in self.finals.values():
+            (final.parent / f".{final.name}.cog.tif").unlink(missing_ok=True)
+
+
+def _aoi_masker(aoi: Path | None, source):
+    """A function window -> bool mask (inside the AOI), or None without an AOI."""
+    if aoi is None:
+        return None
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    frame = gpd.read_file(aoi, engine="pyogrio")
+    if frame.crs is None:
+        raise SparsecoverError(f"{aoi}: AOI has no CRS; assign one first")
+    frame = frame.to_crs(source.crs)
+    if not frame.intersects(box(*source.bounds)).any():
+        raise SparsecoverError(f"{aoi}: the AOI lies outside {source.path.name}; nothing to classify")
+    geometries = list(frame.geometry)
+
+    def mask(window: Window) -> np.ndarray:
+        shape = (int(window.height), int(window.width))
+        inside = features.rasterize(((g, 1) for g in geometries), out_shape=shape,
+                                    transform=rasterio.windows.transform(window, source.transform), dtype="uint8")
+        return inside > 0
+
+    return mask
+
+
+def classify_pixels(
+    raster: str | Path,
+    model: str | Path | LoadedModel,
+    out: str | Path,
+    tile_size: int = 512,
+    padding: int = 32,
+    batch_size: int = 4,
+    tta: bool = False,
+    confidence: str | Path | None = None,
+    probabilities: str | Path | None = None,
+    aoi: str | Path | None = None,
+    device: str = "auto",
+    engine: str = "torch",
+    workers: int | None = None,
+    dask_scheduler: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Classify ``raster`` with a trained model (package, run or model folder) into ``out``.
+
+    ``workers`` starts a local Dask cluster of that many processes; ``dask_scheduler`` uses a running
+    one. ``resume`` continues an interrupted run from its finished blocks (same settings required).
+    """
+    out = Path(out)
+    outputs = [p for p in (out, confidence, probabilities) if p is not None]
+    for path in map(Path, outputs):
+        if path.exists() and not overwrite:
+            raise SparsecoverError(f"{path}: already exists; pass --overwrite to replace it")
+        if not path.parent.exists():
+            raise SparsecoverError(f"{path.parent}: output folder does not exist; create it first")
+    if tile_size % MULTIPLE or tile_size <= 2 * padding or padding < 0:
+        raise SparsecoverError(
+            f"--tile-size must be a multiple of {MULTIPLE} and larger than 2 x --padding (got {tile_size}, {padding})"
+        )
+    torch_device = _device(device)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, str(torch_device))
+    check_raster(raster, loaded)
+    with open_raster(raster) as src:
+        source = describe(src)
+    aoi_mask = _aoi_masker(Path(aoi) if aoi else None, source)
+    core = tile_size - 2 * padding
+    settings = Settings(str(Path(raster).resolve()), str(Path(model).resolve()) if not isinstance(model, LoadedModel)
+                        else "in-memory", tile_size, padding, tta, engine, str(aoi) if aoi else None)
+    writer = _Outputs(out, Path(confidence) if confidence else None, Path(probabilities) if probabilities else None,
+                      source, loaded.meta, settings, resume)
+    try:
+        windows = [w for w in core_windows(source.width, source.height, core)
+                   if (int(w.col_off), int(w.row_off)) not in writer.done]
+        batches = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
+        weights = [sum(int(w.width) * int(w.height) for w in b) / 1e6 for b in batches]
+        args = (tile_size, padding, loaded.band_indexes)
+        if workers or dask_scheduler:
+            if isinstance(model, LoadedModel):
+                raise SparsecoverError("Dask workers load the model from its file: pass a path, not a loaded model")
+            results = _dask_results(str(Path(raster).resolve()), str(Path(model).resolve()), device, engine, tta,
+                                    batches, args, workers, dask_scheduler)
+        else:
+            predictor = Predictor(loaded, torch_device, engine, tta)
+            results = (predict_windows(str(source.path), predictor, b, *args) for b in batches)
+        for result in track(results, len(batches), f"classify {source.path.name}", progress, weights=weights,
+                            unit="MP"):
+            writer.write(result, aoi_mask)
+        writer.finish()
+    except KeyboardInterrupt:
+        writer.close()  # keep the partial files: --resume continues from them
+        raise
+    except (OSError, RasterioError) as exc:
+        writer.discard()
+        raise SparsecoverError(f"{out}: writing failed ({str(exc).splitlines()[0]}); is the disk full?") from None
+    except BaseException:
+        writer.close()
+        raise
+    return out
+
+
+def _dask_results(raster, model, device, engine, tta, batches, args, workers, scheduler):
+    """Blocks as Dask tasks; results come back as they finish (order does not matter to the writer)."""
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise SparsecoverError("Dask is not installed: pip install 'sparsecover[dask]'") from None
+    cluster = None
+    if scheduler:
+        client = Client(scheduler)
+    else:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=max(1, (os.cpu_count() or 1) // workers),
+                               processes=True, dashboard_address=None)
+        client = Client(cluster)
+    try:
+        futures = [client.submit(_dask_task, raster, model, device, engine, tta, b, *args, pure=False) for b in batches]
+        for future in as_completed(futures):
+            yield future.result()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
