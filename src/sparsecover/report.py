@@ -14,6 +14,8 @@ import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from . import __version__
 from .errors import SparsecoverError
 
@@ -109,7 +111,7 @@ def build_report(run: str | Path, out: str | Path, classified: str | Path | None
         if evaluation is not None:
             evaluation = Path(evaluation)
             metrics = json.loads((evaluation / "metrics.json").read_text())
-            plot_confusion(__import__("numpy").asarray(metrics["confusion_matrix"]),
+            plot_confusion(np.asarray(metrics["confusion_matrix"]),
                            [c["class"] for c in metrics["per_class"]], tmp / "eval_cm.png")
             title = f"Map accuracy against {Path(metrics['reference']).name} ({metrics['reference_kind']})"
             if metrics.get("excluded"):
