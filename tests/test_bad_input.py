@@ -5,11 +5,9 @@ from __future__ import annotations
 import geopandas as gpd
 import numpy as np
 import pytest
-import rasterio
-from rasterio.crs import CRS
 from shapely.geometry import Polygon, box
 
-from conftest import ORIGIN, RES, make_scene, scene_polygons, write_raster
+from conftest import ORIGIN, make_scene, scene_polygons, write_raster
 from sparsecover import SparsecoverError, SparsecoverWarning, export_training_data
 
 

@@ -13,7 +13,7 @@ import rasterio
 from shapely.geometry import Point, box
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, f1_score, jaccard_score, precision_score, recall_score
 
-from conftest import ORIGIN, RES, UTM, write_raster
+from conftest import ORIGIN, UTM, write_raster
 from sparsecover import SparsecoverError
 from sparsecover.evaluate import area_estimates, evaluate_map
 from sparsecover.metrics import summarize

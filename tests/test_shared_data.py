@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio import features
-from rasterio.transform import rowcol
 
 from conftest import write_raster
 from sparsecover import SparsecoverWarning, export_training_data, open_chip_dataset, stack_bands

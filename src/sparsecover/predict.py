@@ -4,22 +4,16 @@ raster against its data contract before anything is classified (:mod:`sparsecove
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import rasterio
 import torch
-from rasterio.enums import Resampling
-from rasterio.windows import Window
 
 from .data import Normalisation
 from .errors import SparsecoverError, warn
 from .model import build_model
-from .progress import track
-from .raster import RasterSource, describe, gdal_env, open_raster, read_window
+from .raster import RasterSource, describe, gdal_env, open_raster
 
 MULTIPLE = 32  # U-Net encoders downsample 5 times: tile sides must be multiples of 32
 
