@@ -85,26 +85,21 @@ class Predictor:
 
             self.session = onnx_session(onnx_bytes(loaded.meta, loaded.network))
         else:
-            loaded.network.to(device)
+            from .package import RawInputModel  # the same graph the ONNX export traces
+
+            self.module = RawInputModel(loaded.network, loaded.meta).eval().to(device)
             if device.type == "cpu":
-                loaded.network.to(memory_format=torch.channels_last)
+                self.module.to(memory_format=torch.channels_last)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         if self.engine == "onnx":
             return self.session.run(None, {"image": batch})[0]
-        norm = self.loaded.normalisation
-        low = torch.tensor(norm.low, device=self.device).view(1, -1, 1, 1)
-        high = torch.tensor(norm.high, device=self.device).view(1, -1, 1, 1)
-        mean = torch.tensor(norm.mean, device=self.device).view(1, -1, 1, 1)
-        std = torch.tensor(norm.std, device=self.device).view(1, -1, 1, 1)
         x = torch.from_numpy(batch).to(self.device)
-        x = (torch.minimum(torch.maximum(x, low), high) - mean) / std
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                                     enabled=self.device.type == "cuda"):
-            logits = self.loaded.network(x)
-        return torch.softmax(logits.float(), 1).cpu().numpy()
+            return self.module(x).cpu().numpy()
 
     def __call__(self, raws: np.ndarray, valids: np.ndarray) -> np.ndarray:
         raws = raws.astype(np.float32, copy=True)

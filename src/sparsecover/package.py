@@ -113,7 +113,7 @@ def read_package(path: str | Path) -> tuple[dict, dict[str, bytes]]:
     return meta, members
 
 
-class _RawInput(nn.Module):
+class RawInputModel(nn.Module):
     """Raw band values in, class probabilities out: normalisation and softmax inside the graph."""
 
     def __init__(self, network: nn.Module, meta: dict) -> None:
@@ -128,7 +128,7 @@ class _RawInput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (torch.minimum(torch.maximum(x, self.low), self.high) - self.mean) / self.std
-        return torch.softmax(self.network(x), dim=1)
+        return torch.softmax(self.network(x).float(), dim=1)
 
 
 def deepness_metadata(meta: dict) -> dict[str, str]:
@@ -153,7 +153,7 @@ def onnx_bytes(meta: dict, network: nn.Module) -> bytes:
     """Export to ONNX with dynamic batch and spatial size, raw-value input, and Deepness metadata."""
     import onnx
 
-    wrapped = _RawInput(network.eval().cpu(), meta).eval()
+    wrapped = RawInputModel(network.eval().cpu(), meta).eval()
     size = max(64, int(meta["tile_size"]) // 32 * 32)
     example = torch.zeros(1, meta["input_channels"], size, size)
     buffer = io.BytesIO()
