@@ -7,8 +7,8 @@ repetition* (a VRT that repeats the scene; no mirror flips) to about 25 MP and t
 at benchmark time. The model is a ResNet34 U-Net with random weights (speed does not depend on the
 weights), 4 bands -> 7 classes, packaged like a trained one.
 
-Rows: bare forward pass of the network over 512 px tiles (MP/s, the ceiling); classify at default
-settings (torch and onnxruntime engines); classify with --tta; peak RSS of classify at ~25 MP and at the
+Rows: bare forward pass of the network over 512 px tiles in batches of 4 (MP/s, the ceiling; the
+same MP/s as one 1024 px tile on this CPU); classify at default settings (torch and onnxruntime engines); classify with --tta; peak RSS of classify at ~25 MP and at the
 big size, each in its own process. Ratios: classify / bare forward, onnx / torch, tta / plain, RSS big / small.
 """
 
@@ -154,7 +154,7 @@ def main() -> None:
                          f"{rss_big:.0f}"))
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"classify_speed: Sentinel-2 4-band uint16 scene (s2_10m) repeated by VRT tiling; ResNet34 U-Net, "
-          f"random weights; defaults tile 512, padding 32, batch 4; {device}")
+          f"random weights; classify defaults (tiles up to 1024 px, padding 64, batch 1); {device}")
     print(f"{'run':<36}{'MP/s':>8}  {'ratio':<22}{'peak RSS MB':>12}")
     for name, rate, ratio, rss in rows:
         print(f"{name:<36}{rate:>8.2f}  {ratio:<22}{rss:>12}")

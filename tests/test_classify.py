@@ -27,6 +27,7 @@ def test_classified_raster_matches_grid_and_carries_nodata(trained, train_chips,
     with rasterio.open(scene) as src:
         data, profile = src.read(), src.profile
     data[:, :10, :] = 0  # a nodata strip
+    data[0, 10:20, :] = 0  # band 1 alone missing: imputed, the pixels are still classified
     holed = write_raster(tmp_path / "holed.tif", data, nodata=0)
     out = classify_pixels(holed, trained, tmp_path / "map.tif", tile_size=64, padding=16, progress=False)
     with rasterio.open(out) as dst:
@@ -156,3 +157,72 @@ def test_resume_after_sigkill_gives_the_uninterrupted_result(trained, train_chip
     (tmp_path / ".y.tif.partial.tif").write_bytes(reference.read_bytes())
     with pytest.raises(SparsecoverError, match="--resume with other settings: padding was 16, now 8"):
         classify_pixels(big, package, tmp_path / "y.tif", tile_size=64, padding=8, progress=False, resume=True)
+
+
+def test_cli_classifies_several_rasters_into_a_folder(trained, train_chips, tmp_path):
+    from click.testing import CliRunner
+
+    from sparsecover.cli import cli
+
+    scene = train_chips.parent / "classes_scene.tif"
+    with rasterio.open(scene) as src:
+        data = src.read()
+    first = write_raster(tmp_path / "first.tif", data, nodata=0)
+    second = write_raster(tmp_path / "second.tif", data[:, :64, :64], nodata=0)
+    maps, confidence = tmp_path / "maps", tmp_path / "conf"
+    maps.mkdir()
+    confidence.mkdir()
+    args = ["classify", str(first), str(second), str(trained), "--out", str(maps), "--confidence", str(confidence),
+            "--tile-size", "64", "--padding", "16", "-q"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    with rasterio.open(maps / "first.tif") as a, rasterio.open(maps / "second.tif") as b:
+        assert a.shape == data.shape[1:] and b.shape == (64, 64)
+        single = classify_pixels(first, trained, tmp_path / "single.tif", tile_size=64, padding=16, progress=False)
+        assert np.array_equal(a.read(1), rasterio.open(single).read(1))
+    assert (confidence / "first.tif").exists() and (confidence / "second.tif").exists()
+    result = CliRunner().invoke(cli, ["classify", str(first), str(second), str(trained), "--out", str(tmp_path / "x.tif")])
+    assert result.exit_code == 2 and "must be existing folders" in result.output
+
+
+def test_full_disk_gives_one_line_and_leaves_nothing(trained, tmp_path):
+    """A write that fails for lack of space (here: a file-size limit, which fails writes the same way)."""
+    import subprocess
+    import sys
+
+    noisy = np.random.default_rng(0).integers(800, 1300, (4, 1024, 1024)).astype("uint16")  # barely compressible
+    big = write_raster(tmp_path / "big.tif", noisy, nodata=0)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN);"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4_000, 4_000));"
+        "from sparsecover.cli import main; sys.argv = ['sparsecover'] + sys.argv[1:]; main()"
+    )
+    cmd = [sys.executable, "-c", code, "classify", str(big), str(trained / "model.sparsecover"), "--out",
+           str(out_dir / "map.tif"), "--confidence", str(out_dir / "conf.tif"), "--tile-size", "256",
+           "--padding", "16", "-q", "--device", "cpu"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    # libtiff prints its own "_tiffWriteProc: File too large." lines to stderr first (outside Python's
+    # reach); sparsecover's part is one error line and no traceback
+    lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("_tiff")]
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("error:") and "is the disk full?" in lines[0] and "map.tif" in lines[0]
+    assert list(out_dir.iterdir()) == []
+
+
+def test_tiles_spread_evenly_and_stay_multiples_of_32():
+    from sparsecover.classify import MULTIPLE, core_windows, tile_shape
+
+    for width, height, tile, padding in [(5799, 3894, 1024, 64), (489, 443, 1024, 64), (10, 2000, 512, 96),
+                                         (4096, 4096, 1024, 64)]:
+        core = tile_shape(width, height, tile, padding)
+        for axis, length in ((0, width), (1, height)):
+            span = core[axis] + 2 * padding
+            assert span % MULTIPLE == 0 and span <= tile
+            count = -(-length // core[axis])
+            assert count == -(-length // (tile - 2 * padding))  # no more tiles than fixed cores would need
+            assert count * core[axis] - length < count * MULTIPLE  # waste: under 32 px per tile
+        windows = core_windows(width, height, core)
+        assert sum(int(w.width) * int(w.height) for w in windows) == width * height
+    assert tile_shape(489, 443, 1024, 64) == (512, 448)  # one tile just big enough, not 1024 x 1024

@@ -19,7 +19,7 @@ from rasterio import features
 
 from conftest import class_polygons, make_class_scene
 from sparsecover import SparsecoverError, export_training_data, open_chip_dataset
-from sparsecover.data import IGNORE_INDEX
+from sparsecover.data import IGNORE_INDEX, UNLABELLED
 from sparsecover.model import adapt_first_conv
 from sparsecover.train import TrainConfig, prepare, train
 
@@ -29,6 +29,12 @@ FAST = dict(backbone="resnet18", epochs=2, lr=1e-3, batch_size=8, quiet=True, se
 def _history(run):
     with open(run / "history.csv") as fh:
         return list(csv.DictReader(fh))
+
+
+def _burn_on_chip(polygons, chip) -> np.ndarray:
+    with rasterio.open(chip.label) as src:
+        return features.rasterize(polygons.geometry, out_shape=(src.height, src.width), transform=src.transform,
+                                  all_touched=True)
 
 
 def test_no_validation_pixel_lies_in_a_training_polygon(train_chips):
@@ -41,18 +47,93 @@ def test_no_validation_pixel_lies_in_a_training_polygon(train_chips):
     for position, index in enumerate(prepared.valid.indices):
         _, target = prepared.valid[position]
         chip = prepared.dataset.chips[index]
-        with rasterio.open(chip.label) as src:
-            inside_train = features.rasterize(train_polys.geometry, out_shape=(src.height, src.width),
-                                              transform=src.transform, all_touched=True)
+        inside_train = _burn_on_chip(train_polys, chip)
         scored_pixels = target.numpy() != IGNORE_INDEX
         assert not np.any(scored_pixels & (inside_train > 0)), chip.id
         scored += scored_pixels.sum()
     # each validation pixel is scored once, however many validation chips overlap it
     valid_pixels = sum(prepared.dataset.groups[g]["pixels"] for g in split.valid_groups)
     assert scored == valid_pixels
-    for position in range(len(prepared.train)):
-        _, target = prepared.train[position]
-        assert (target != IGNORE_INDEX).any()
+    # training chips: no label of a validation polygon; the rest of each valid pixel is UNLABELLED
+    valid_polys = polygons.iloc[[g - 1 for g in sorted(split.valid_groups)]]
+    labelled_chips = 0
+    for position, index in enumerate(prepared.train.indices):
+        _, target = prepared.train._load(position)  # before augmentation, aligned with the chip
+        chip = prepared.dataset.chips[index]
+        inside_valid = _burn_on_chip(valid_polys, chip)
+        assert not np.any((target < UNLABELLED) & (inside_valid > 0)), chip.id
+        assert set(np.unique(target)) <= set(range(len(prepared.mapping.values))) | {UNLABELLED, IGNORE_INDEX}
+        labelled_chips += bool((target < UNLABELLED).any())
+    assert labelled_chips > 0
+
+
+def test_strong_view_is_aligned_and_cuts_out_a_square():
+    from sparsecover.train import strong_view
+
+    torch.manual_seed(0)
+    image = torch.randn(4, 3, 32, 32)
+    strong = strong_view(image)
+    assert strong.shape == image.shape
+    cut = (strong == 0).all(1)  # the cut-out square, all bands at the mean
+    for sample in range(4):
+        rows, cols = torch.nonzero(cut[sample], as_tuple=True)
+        side = int(rows.max() - rows.min() + 1)
+        assert 8 <= side <= 16 and int(cols.max() - cols.min() + 1) == side and len(rows) == side * side
+    kept = ~cut[:, None].expand_as(image)
+    # outside the square, a per-band affine change plus small noise: still strongly correlated
+    assert np.corrcoef(image[kept].numpy(), strong[kept].numpy())[0, 1] > 0.8
+
+
+def test_semi_supervised_training_uses_unlabelled_pixels_and_can_be_turned_off(train_chips, tmp_path):
+    supervised = prepare(train_chips, TrainConfig(unlabelled_weight=0, seed=1))
+    semi = prepare(train_chips, TrainConfig(seed=1))
+    assert len(semi.train) >= len(supervised.train)  # every chip, also those with only validation groups
+    run = train(train_chips, tmp_path / "semi", TrainConfig(**{**FAST, "epochs": 1}))
+    assert json.loads((run / "config.json").read_text())["settings"]["unlabelled_weight"] == 1.0
+    assert float(_history(run)[0]["train_loss"]) > 0
+
+
+def test_several_chip_datasets_train_as_one(train_chips, tmp_path):
+    from sparsecover.combine import open_chip_datasets
+
+    single = open_chip_dataset(train_chips)
+    both = open_chip_datasets([train_chips, train_chips])
+    assert len(both) == 2 * len(single) and len(both.groups) == 2 * len(single.groups)
+    assert set(both.groups) == set(single.groups) | {g + max(single.groups) for g in single.groups}
+    for a, b in zip(single.statistics, both.statistics):
+        assert a["mean"] == pytest.approx(b["mean"]) and a["std"] == pytest.approx(b["std"])
+        assert a["p1"] == pytest.approx(b["p1"]) and b["count"] == 2 * a["count"]
+    _, _, groups = both.read(len(single))  # the second copy's first chip: offset group ids
+    _, _, own = single.read(0)
+    assert np.array_equal(groups, np.where(own > 0, own + max(single.groups), 0))
+    prepared = prepare([train_chips, train_chips], TrainConfig(val_fraction=0.34, seed=1))
+    assert not prepared.split.train_groups & prepared.split.valid_groups
+    run = train([train_chips, train_chips], tmp_path / "run", TrainConfig(**{**FAST, "epochs": 1}))
+    meta = json.loads((run / "model" / "model.json").read_text())
+    assert meta["dataset"]["paths"] == [str(train_chips.resolve())] * 2
+
+
+def test_chip_datasets_that_cannot_train_together_are_refused(train_chips, tmp_path):
+    from sparsecover.combine import open_chip_datasets
+
+    polygons = class_polygons()
+    raster = make_class_scene(tmp_path, polygons)
+    labels = tmp_path / "polygons.gpkg"
+    polygons.to_file(labels)
+    other_size = export_training_data(raster, labels, tmp_path / "big", class_field="classvalue",
+                                      tile_size=64, stride=32, progress=False)
+    with pytest.raises(SparsecoverError, match="export every dataset with the same --tile-size"):
+        open_chip_datasets([train_chips, other_size])
+    with rasterio.open(raster) as src:
+        profile, data = src.profile, src.read()
+    profile.update(count=3)
+    three = tmp_path / "three.tif"
+    with rasterio.open(three, "w", **profile) as dst:
+        dst.write(data[:3])
+    fewer = export_training_data(three, labels, tmp_path / "three", class_field="classvalue",
+                                 tile_size=32, stride=16, progress=False)
+    with pytest.raises(SparsecoverError, match="chips have 3 bands but .* has 4"):
+        open_chip_datasets([train_chips, fewer])
 
 
 def test_split_is_stratified_and_deterministic(train_chips):

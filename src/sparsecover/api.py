@@ -11,7 +11,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from .chips import ChipDataset, open_chip_dataset
+from .chips import ChipDataset
+from .combine import open_chip_datasets
 from .errors import SparsecoverError
 from .predict import LoadedModel
 from .train import MODEL_DIR, TrainConfig, find_lr, prepare, train
@@ -47,15 +48,15 @@ class TrainingData:
         return f"TrainingData({self.path}, {len(self.dataset)} chips, classes={self.classes})"
 
 
-def prepare_data(path: str | Path, batch_size: int = 8, imagery_type: str | None = None,
+def prepare_data(path: str | Path | list[str | Path], batch_size: int = 8, imagery_type: str | None = None,
                  val_fraction: float = 0.2, bands: list[str] | None = None, seed: int = 42,
                  workers: int = 0) -> TrainingData:
-    """Open a chip dataset (ours or an Esri Classified Tiles export) for training.
+    """Open a chip dataset (ours or an Esri Classified Tiles export), or a list of them, for training.
 
     ``imagery_type`` ('naip', 'landsat8', 'sentinel2', 'ms') names the bands like arcgis.learn;
     ``val_fraction`` is the share of polygons (spatial groups) per class held out for validation.
     """
-    dataset = open_chip_dataset(path)
+    dataset = open_chip_datasets(path)
     config = TrainConfig(batch_size=batch_size, imagery_type=imagery_type, val_fraction=val_fraction,
                          bands=bands, seed=seed, workers=workers)
     return TrainingData(dataset, config)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -53,9 +54,26 @@ class Settings:
     aoi: str | None
 
 
-def core_windows(width: int, height: int, core: int) -> list[Window]:
-    return [Window(c, r, min(core, width - c), min(core, height - r))
-            for r in range(0, height, core) for c in range(0, width, core)]
+def core_windows(width: int, height: int, core: tuple[int, int]) -> list[Window]:
+    return [Window(c, r, min(core[0], width - c), min(core[1], height - r))
+            for r in range(0, height, core[1]) for c in range(0, width, core[0])]
+
+
+def tile_shape(width: int, height: int, tile_size: int, padding: int) -> tuple[int, int]:
+    """Core (width, height) of the tiles: at most ``tile_size`` - 2 ``padding``, spread evenly.
+
+    With fixed cores the last row and column of tiles mostly compute pixels outside the raster (a
+    5799 px wide scene in 960 px cores needs 7 tiles, 6720 px); cores of ceil(5799 / 7), rounded so the
+    tile stays a multiple of 32, waste almost nothing. A raster smaller than one tile gets one tile
+    just big enough.
+    """
+    def axis(length: int) -> int:
+        largest = tile_size - 2 * padding
+        count = math.ceil(length / largest)
+        span = math.ceil((math.ceil(length / count) + 2 * padding) / MULTIPLE) * MULTIPLE
+        return min(span, tile_size) - 2 * padding
+
+    return axis(width), axis(height)
 
 
 def _device(name: str) -> torch.device:
@@ -71,14 +89,17 @@ def _device(name: str) -> torch.device:
 class Predictor:
     """Raw tiles (N, bands, T, T) -> class probabilities (N, K, T, T), by PyTorch or ONNX Runtime.
 
-    Invalid pixels get the band's normalisation mean, i.e. 0 after normalisation, in both engines,
-    so the two agree. ``tta`` averages the 8 flips/rotations.
+    Invalid band values get the band's normalisation mean, i.e. 0 after normalisation, in both
+    engines, so the two agree (and agree with training, see ``Normalisation.apply``). ``tta`` averages the 8 flips/rotations.
     """
 
-    def __init__(self, loaded: LoadedModel, device: torch.device, engine: str, tta: bool) -> None:
+    def __init__(self, loaded: LoadedModel, device: torch.device, engine: str, tta: bool,
+                 classes_only: bool = False) -> None:
         if engine not in ENGINES:
             raise SparsecoverError(f"--engine must be torch or onnx, got {engine!r}")
         self.loaded, self.device, self.engine, self.tta = loaded, device, engine, tta
+        # only the class map is wanted: (N, T, T) class indices, no softmax or K x T x T copies back
+        self.classes_only = classes_only and engine == "torch" and not tta
         self.fill = np.asarray(loaded.normalisation.mean, dtype=np.float32)[:, None]
         if engine == "onnx":
             from .package import onnx_bytes, onnx_session
@@ -99,12 +120,14 @@ class Predictor:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                                     enabled=self.device.type == "cuda"):
+            if self.classes_only:
+                return self.module.logits(x).argmax(1).to(torch.uint8).cpu().numpy()
             return self.module(x).cpu().numpy()
 
     def __call__(self, raws: np.ndarray, valids: np.ndarray) -> np.ndarray:
         raws = raws.astype(np.float32, copy=True)
-        for raw, valid in zip(raws, valids):
-            raw[:, ~valid] = self.fill
+        for raw, band_valid in zip(raws, valids):
+            np.copyto(raw, self.fill[:, :, None], where=~band_valid)
         if not self.tta:
             return self._forward(raws)
         total = None
@@ -119,35 +142,36 @@ class Predictor:
         return np.ascontiguousarray(total / 8)
 
 
-def predict_windows(raster: str, predictor: Predictor, windows: list[Window], tile: int, padding: int,
+def predict_windows(raster: str, predictor: Predictor, windows: list[Window], tile: tuple[int, int], padding: int,
                     band_indexes: list[int]) -> list[tuple[Window, np.ndarray, np.ndarray]]:
     """Probabilities and validity of each window's core (one batch)."""
     raws, valids = [], []
     with gdal_env(), rasterio.open(raster) as src:
         for window in windows:
-            span = Window(window.col_off - padding, window.row_off - padding, tile, tile)
-            data, valid = read_window(src, span, band_indexes, dtype="float32")
+            span = Window(window.col_off - padding, window.row_off - padding, *tile)
+            data, band_valid = read_window(src, span, band_indexes, dtype="float32")
             raws.append(data)
-            valids.append(valid)
+            valids.append(band_valid)
     probs = predictor(np.stack(raws), np.stack(valids))
     results = []
-    for window, p, valid in zip(windows, probs, valids):
+    for window, p, band_valid in zip(windows, probs, valids):
         h, w = int(window.height), int(window.width)
-        results.append((window, p[:, padding : padding + h, padding : padding + w],
+        valid = band_valid.any(0)
+        results.append((window, p[..., padding : padding + h, padding : padding + w],
                         valid[padding : padding + h, padding : padding + w]))
     return results
 
 
 @functools.lru_cache(maxsize=2)
-def _worker_predictor(model: str, device: str, engine: str, tta: bool) -> Predictor:
+def _worker_predictor(model: str, device: str, engine: str, tta: bool, classes_only: bool) -> Predictor:
     """Each Dask worker process loads the model once and keeps it."""
     torch_device = _device(device)
-    return Predictor(load_model(model, str(torch_device)), torch_device, engine, tta)
+    return Predictor(load_model(model, str(torch_device)), torch_device, engine, tta, classes_only)
 
 
-def _dask_task(raster: str, model: str, device: str, engine: str, tta: bool, windows: list[Window],
-               tile: int, padding: int, band_indexes: list[int]):
-    predictor = _worker_predictor(model, device, engine, tta)
+def _dask_task(raster: str, model: str, device: str, engine: str, tta: bool, classes_only: bool,
+               windows: list[Window], tile: tuple[int, int], padding: int, band_indexes: list[int]):
+    predictor = _worker_predictor(model, device, engine, tta, classes_only)
     return predict_windows(raster, predictor, windows, tile, padding, band_indexes)
 
 
@@ -176,14 +200,20 @@ class _Outputs:
             "confidence": {**base, "count": 1, "dtype": "float32", "nodata": 0},
             "probabilities": {**base, "count": len(self.classes), "dtype": "float32", "nodata": -1},
         }
+        self.files = {}
         if resume and self._resumable():
             state = json.loads(self.state_path.read_text())
             self.done = {tuple(d) for d in state["done"]}
             self.files = {k: rasterio.open(p, "r+") for k, p in self.partials.items()}
-        else:
-            self.files = {k: rasterio.open(p, "w", **profiles[k]) for k, p in self.partials.items()}
+            return
+        try:
+            for kind, path in self.partials.items():
+                self.files[kind] = rasterio.open(path, "w", **profiles[kind])
             self._describe(meta)  # before any pixel: GDAL cannot add a colour table later in r+ mode
             self._save_state()
+        except (OSError, RasterioError):
+            self.discard()
+            raise
 
     def _resumable(self) -> bool:
         if not self.state_path.exists() or not all(p.exists() for p in self.partials.values()):
@@ -205,7 +235,7 @@ class _Outputs:
     def write(self, results, aoi_mask) -> None:
         for window, probs, valid in results:
             keep = valid if aoi_mask is None else valid & aoi_mask(window)
-            classes = self.lut[probs.argmax(0)]
+            classes = self.lut[probs if probs.ndim == 2 else probs.argmax(0)]  # class indices, or probabilities
             classes[~keep] = 0
             self.files["classes"].write(classes, 1, window=window)
             if "confidence" in self.files:
@@ -295,9 +325,9 @@ def classify_pixels(
     raster: str | Path,
     model: str | Path | LoadedModel,
     out: str | Path,
-    tile_size: int = 512,
-    padding: int = 32,
-    batch_size: int = 4,
+    tile_size: int = 1024,
+    padding: int = 64,
+    batch_size: int = 1,
     tta: bool = False,
     confidence: str | Path | None = None,
     probabilities: str | Path | None = None,
@@ -332,42 +362,48 @@ def classify_pixels(
     with open_raster(raster) as src:
         source = describe(src)
     aoi_mask = _aoi_masker(Path(aoi) if aoi else None, source)
-    core = tile_size - 2 * padding
+    core = tile_shape(source.width, source.height, tile_size, padding)
+    tile = (core[0] + 2 * padding, core[1] + 2 * padding)
+    classes_only = confidence is None and probabilities is None
     settings = Settings(str(Path(raster).resolve()), str(Path(model).resolve()) if not isinstance(model, LoadedModel)
                         else "in-memory", tile_size, padding, tta, engine, str(aoi) if aoi else None)
-    writer = _Outputs(out, Path(confidence) if confidence else None, Path(probabilities) if probabilities else None,
-                      source, loaded.meta, settings, resume)
-    try:
-        windows = [w for w in core_windows(source.width, source.height, core)
-                   if (int(w.col_off), int(w.row_off)) not in writer.done]
-        batches = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
-        weights = [sum(int(w.width) * int(w.height) for w in b) / 1e6 for b in batches]
-        args = (tile_size, padding, loaded.band_indexes)
-        if workers or dask_scheduler:
-            if isinstance(model, LoadedModel):
-                raise SparsecoverError("Dask workers load the model from its file: pass a path, not a loaded model")
-            results = _dask_results(str(Path(raster).resolve()), str(Path(model).resolve()), device, engine, tta,
-                                    batches, args, workers, dask_scheduler)
-        else:
-            predictor = Predictor(loaded, torch_device, engine, tta)
-            results = (predict_windows(str(source.path), predictor, b, *args) for b in batches)
-        for result in track(results, len(batches), f"classify {source.path.name}", progress, weights=weights,
-                            unit="MP"):
-            writer.write(result, aoi_mask)
-        writer.finish()
-    except KeyboardInterrupt:
-        writer.close()  # keep the partial files: --resume continues from them
-        raise
-    except (OSError, RasterioError) as exc:
-        writer.discard()
-        raise SparsecoverError(f"{out}: writing failed ({str(exc).splitlines()[0]}); is the disk full?") from None
-    except BaseException:
-        writer.close()
-        raise
+    with gdal_env():  # bounded GDAL cache for the outputs too; GDAL errors go to Python logging
+        try:
+            writer = _Outputs(out, Path(confidence) if confidence else None, Path(probabilities) if probabilities else None,
+                              source, loaded.meta, settings, resume)
+        except (OSError, RasterioError) as exc:
+            raise SparsecoverError(f"{out}: cannot create the output ({str(exc).splitlines()[0]}); is the disk full?") from None
+        try:
+            windows = [w for w in core_windows(source.width, source.height, core)
+                       if (int(w.col_off), int(w.row_off)) not in writer.done]
+            batches = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
+            weights = [sum(int(w.width) * int(w.height) for w in b) / 1e6 for b in batches]
+            args = (tile, padding, loaded.band_indexes)
+            if workers or dask_scheduler:
+                if isinstance(model, LoadedModel):
+                    raise SparsecoverError("Dask workers load the model from its file: pass a path, not a loaded model")
+                results = _dask_results(str(Path(raster).resolve()), str(Path(model).resolve()), device, engine, tta,
+                                        classes_only, batches, args, workers, dask_scheduler)
+            else:
+                predictor = Predictor(loaded, torch_device, engine, tta, classes_only)
+                results = (predict_windows(str(source.path), predictor, b, *args) for b in batches)
+            for result in track(results, len(batches), f"classify {source.path.name}", progress, weights=weights,
+                                unit="MP"):
+                writer.write(result, aoi_mask)
+            writer.finish()
+        except KeyboardInterrupt:
+            writer.close()  # keep the partial files: --resume continues from them
+            raise
+        except (OSError, RasterioError) as exc:
+            writer.discard()
+            raise SparsecoverError(f"{out}: writing failed ({str(exc).splitlines()[0]}); is the disk full?") from None
+        except BaseException:
+            writer.close()
+            raise
     return out
 
 
-def _dask_results(raster, model, device, engine, tta, batches, args, workers, scheduler):
+def _dask_results(raster, model, device, engine, tta, classes_only, batches, args, workers, scheduler):
     """Blocks as Dask tasks; results come back as they finish (order does not matter to the writer)."""
     try:
         from distributed import Client, LocalCluster, as_completed
@@ -381,7 +417,8 @@ def _dask_results(raster, model, device, engine, tta, batches, args, workers, sc
                                processes=True, dashboard_address=None)
         client = Client(cluster)
     try:
-        futures = [client.submit(_dask_task, raster, model, device, engine, tta, b, *args, pure=False) for b in batches]
+        futures = [client.submit(_dask_task, raster, model, device, engine, tta, classes_only, b, *args, pure=False)
+                   for b in batches]
         for future in as_completed(futures):
             yield future.result()
     finally:

@@ -104,6 +104,12 @@ def _train_options(func):
     options = [
         click.option("--backbone", default="resnet34", show_default=True, help="Encoder (any segmentation-models-pytorch encoder)."),
         click.option("--architecture", default="unet", show_default=True, help="unet, unetplusplus, fpn or deeplabv3plus."),
+        click.option("--encoder-depth", default=5, show_default=True, type=click.IntRange(3, 5),
+                     help="Encoder stages kept (3-5): fewer = smaller receptive field and model."),
+        click.option("--unlabelled-weight", default=1.0, show_default=True, type=click.FloatRange(0),
+                     help="Weight of the pseudo-label loss on unlabelled pixels (semi-supervised); 0 = off."),
+        click.option("--pseudo-threshold", default=0.9, show_default=True, type=click.FloatRange(0, 1),
+                     help="Confidence a prediction needs to become a pseudo-label."),
         click.option("--batch-size", default=8, show_default=True),
         click.option("--val-fraction", default=0.2, show_default=True, help="Share of spatial groups (polygons) per class held out."),
         click.option("--ignore-classes", help="Class values to leave out of loss and metrics, e.g. 0,7 (0 always is)."),
@@ -133,7 +139,7 @@ def _config(**kw):
 
 
 @cli.command()
-@click.argument("chips", type=click.Path(path_type=Path))
+@click.argument("chips", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder.")
 @click.option("--epochs", default=10, show_default=True)
 @click.option("--lr", default="auto", show_default=True, help="Learning rate, or auto to run the LR finder first.")
@@ -145,7 +151,7 @@ def _config(**kw):
 @click.option("--onnx", is_flag=True, help="Also put model.onnx (and an Esri .emd) into the model package.")
 @_train_options
 def train(chips, out, epochs, lr, early_stopping, devices, num_nodes, strategy, resume, onnx, **kw) -> None:
-    """Train a segmentation model (U-Net, ResNet34 by default) on a chip dataset."""
+    """Train a segmentation model (U-Net, ResNet34 by default) on one or more chip datasets."""
     from .train import train as run_training
 
     try:
@@ -154,7 +160,7 @@ def train(chips, out, epochs, lr, early_stopping, devices, num_nodes, strategy, 
         raise SparsecoverError(f"--lr must be auto or a number, got {lr!r}") from None
     config = _config(epochs=epochs, lr=learning_rate, early_stopping=early_stopping, devices=devices,
                      num_nodes=num_nodes, strategy=strategy, resume=resume, onnx=onnx, **kw)
-    run = run_training(chips, out, config)
+    run = run_training(list(chips), out, config)
     metrics = run / "metrics.json"
     if metrics.exists():
         import json
@@ -166,7 +172,7 @@ def train(chips, out, epochs, lr, early_stopping, devices, num_nodes, strategy, 
 
 
 @cli.command("lr-find")
-@click.argument("chips", type=click.Path(path_type=Path))
+@click.argument("chips", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", default="lr_find.png", show_default=True, type=click.Path(path_type=Path), help="Plot of the LR range test.")
 @_train_options
 def lr_find(chips, out, **kw) -> None:
@@ -174,17 +180,18 @@ def lr_find(chips, out, **kw) -> None:
     from .train import find_lr, prepare
 
     config = _config(**kw)
-    suggestion = find_lr(prepare(chips, config), config, out)
+    suggestion = find_lr(prepare(list(chips), config), config, out)
     out_console.print(f"suggested learning rate: {suggestion:.3g}  (plot: {out})")
 
 
 @cli.command()
-@click.argument("raster", type=click.Path(path_type=Path))
-@click.argument("model", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Classified GeoTIFF (COG) to write.")
-@click.option("--tile-size", default=512, show_default=True, help="Input tile side (multiple of 32).")
-@click.option("--padding", default=32, show_default=True, help="Context pixels around each tile's kept core.")
-@click.option("--batch-size", default=4, show_default=True)
+@click.argument("rasters", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Classified GeoTIFF (COG) to write; with several rasters, a folder for one <name>.tif each.")
+@click.option("--tile-size", default=1024, show_default=True,
+              help="Largest input tile side (multiple of 32); tiles are sized to spread evenly over the raster.")
+@click.option("--padding", default=64, show_default=True, help="Context pixels around each tile's kept core.")
+@click.option("--batch-size", default=1, show_default=True, help="Tiles per forward pass (1 x 1024 px = 4 x 512 px).")
 @click.option("--tta", is_flag=True, help="Average the 8 flips/rotations (8x slower).")
 @click.option("--confidence", type=click.Path(path_type=Path), help="Also write the top-class probability here.")
 @click.option("--probabilities", type=click.Path(path_type=Path), help="Also write per-class probabilities here.")
@@ -196,16 +203,35 @@ def lr_find(chips, out, **kw) -> None:
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its finished blocks.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def classify(raster, model, out, tile_size, padding, batch_size, tta, confidence, probabilities, aoi, device, engine,
+def classify(rasters, out, tile_size, padding, batch_size, tta, confidence, probabilities, aoi, device, engine,
              workers, dask_scheduler, resume, overwrite, quiet) -> None:
-    """Classify a raster with a trained model (.sparsecover package or run folder)."""
+    """Classify RASTER [RASTER...] MODEL: each raster with a trained model (.sparsecover package or run folder).
+
+    Several rasters give one output each, in the --out folder (and the --confidence / --probabilities
+    folders), named after the raster. To get one map of a mosaic, classify a VRT of the tiles instead.
+    """
     from .classify import classify_pixels
 
-    path = classify_pixels(raster, model, out, tile_size=tile_size, padding=padding, batch_size=batch_size, tta=tta,
-                           confidence=confidence, probabilities=probabilities, aoi=aoi, device=device, engine=engine,
-                           workers=workers, dask_scheduler=dask_scheduler, resume=resume, overwrite=overwrite,
-                           progress=not quiet)
-    out_console.print(f"wrote {path}" + "".join(f" and {p}" for p in (confidence, probabilities) if p))
+    if len(rasters) < 2:
+        raise SparsecoverError("classify needs RASTER [RASTER...] MODEL: a raster and a model package or run folder")
+    *inputs, model = rasters
+    jobs = [(inputs[0], out, confidence, probabilities)]
+    if len(inputs) > 1:
+        for folder in (p for p in (out, confidence, probabilities) if p):
+            if not folder.is_dir():
+                raise SparsecoverError(f"{folder}: with several rasters, --out (and --confidence, --probabilities) "
+                                       "must be existing folders")
+        names = [r.stem for r in inputs]
+        if len(set(names)) < len(names):
+            raise SparsecoverError("several input rasters share a file name; their outputs would collide")
+        jobs = [(r, out / f"{r.stem}.tif", confidence and confidence / f"{r.stem}.tif",
+                 probabilities and probabilities / f"{r.stem}.tif") for r in inputs]
+    for raster, target, conf, probs in jobs:
+        path = classify_pixels(raster, model, target, tile_size=tile_size, padding=padding, batch_size=batch_size,
+                               tta=tta, confidence=conf, probabilities=probs, aoi=aoi, device=device, engine=engine,
+                               workers=workers, dask_scheduler=dask_scheduler, resume=resume, overwrite=overwrite,
+                               progress=not quiet)
+        out_console.print(f"wrote {path}" + "".join(f" and {p}" for p in (conf, probs) if p))
 
 
 @cli.command()

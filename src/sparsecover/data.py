@@ -18,6 +18,7 @@ from .chips import ChipDataset
 from .errors import SparsecoverError, warn
 
 IGNORE_INDEX = 255  # label index the loss and every metric skip
+UNLABELLED = 254  # training targets only: a valid pixel with no usable label (pseudo-labelled, see train)
 
 #: imagery_type presets (arcgis.learn names): the band names they imply, in order.
 IMAGERY_TYPES: dict[str, list[str] | None] = {
@@ -86,13 +87,20 @@ class Normalisation:
         return cls(low, high, mean, std)
 
     def apply(self, image: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """(bands, h, w) raw values -> float32 normalised values; invalid pixels become 0."""
+        """(bands, h, w) raw values -> float32 normalised values; invalid values become 0 (the mean).
+
+        ``valid`` is per band, (bands, h, w), or per pixel, (h, w). Imputing a missing band with its
+        mean is what inference does too (``classify.Predictor``), so both see the same inputs.
+        """
         low = np.asarray(self.low, dtype=np.float32)[:, None, None]
         high = np.asarray(self.high, dtype=np.float32)[:, None, None]
         mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
         std = np.asarray(self.std, dtype=np.float32)[:, None, None]
         out = (np.clip(image.astype(np.float32), low, high) - mean) / std
-        out[:, ~valid] = 0.0
+        if valid.ndim == 2:
+            out[:, ~valid] = 0.0
+        else:
+            out[~valid] = 0.0
         return out
 
     def as_json(self) -> dict:
@@ -100,13 +108,16 @@ class Normalisation:
                 "mean": self.mean, "std": self.std}
 
 
-def valid_pixels(image: np.ndarray, nodata: float | None) -> np.ndarray:
-    """Pixels where every band holds data (not the chip's nodata value, finite)."""
-    valid = np.ones(image.shape[1:], dtype=bool)
+def band_validity(image: np.ndarray, nodata: float | None) -> np.ndarray:
+    """(bands, h, w): where each band holds data (not the chip's nodata value, finite).
+
+    A pixel is usable where any band is valid (``.any(0)``); its missing bands are imputed.
+    """
+    valid = np.ones(image.shape, dtype=bool)
     if np.issubdtype(image.dtype, np.floating):
-        valid &= np.all(np.isfinite(image), axis=0)
+        valid &= np.isfinite(image)
     if nodata is not None and not np.isnan(nodata):
-        valid &= ~np.all(image == nodata, axis=0)
+        valid &= image != nodata
     return valid
 
 
@@ -165,7 +176,8 @@ class ChipTorchDataset(Dataset):
     """Chips of one split as (normalised image tensor, label index tensor) pairs.
 
     Labels hold model indices; IGNORE_INDEX marks unlabelled, ignored-class, nodata and
-    other-split pixels. Small datasets are read once and kept in memory.
+    other-split pixels. Training targets mark the valid ones among those UNLABELLED instead, so
+    semi-supervised training knows where it may pseudo-label. Small datasets are read once and kept in memory.
     """
 
     CACHE_BYTES = 2 * 1024**3
@@ -179,7 +191,6 @@ class ChipTorchDataset(Dataset):
         normalisation: Normalisation,
         bands: list[int],
         train: bool,
-        seed: int = 0,
         score_once: bool = False,
     ) -> None:
         self.dataset = dataset
@@ -189,8 +200,6 @@ class ChipTorchDataset(Dataset):
         self.normalisation = normalisation
         self.bands = bands
         self.train = train
-        self.seed = seed
-        self.epoch = 0
         tile = dataset.tile_size
         estimate = len(indices) * (len(bands) * 4 + 1) * tile * tile
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if estimate < self.CACHE_BYTES else None
@@ -224,12 +233,14 @@ class ChipTorchDataset(Dataset):
             return self._cache[position]
         image, label, groups = self.dataset.read(self.indices[position])
         image = image[self.bands]
-        valid = valid_pixels(image, self.dataset.nodata)
+        valid = band_validity(image, self.dataset.nodata)
         target = self.lut[label]
-        keep = valid & np.isin(groups, self.own_groups)
+        keep = valid.any(0) & np.isin(groups, self.own_groups)
         if self._seen_mask is not None:
             keep &= self._seen_mask[position]
         target[~keep] = IGNORE_INDEX
+        if self.train:
+            target[~keep & valid.any(0)] = UNLABELLED
         item = (self.normalisation.apply(image, valid), target)
         if self._cache is not None:
             self._cache[position] = item
@@ -238,7 +249,9 @@ class ChipTorchDataset(Dataset):
     def __getitem__(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, target = self._load(position)
         if self.train:
-            rng = np.random.default_rng((self.seed, self.epoch, position))
+            # drawn from torch's RNG: a new view every epoch, reproducible for a seed (Lightning seeds
+            # the main process and every DataLoader worker)
+            rng = np.random.default_rng(int(torch.randint(2**62, ())))
             image, target = augment(image, target, rng)
         return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(target.astype(np.int64))
 

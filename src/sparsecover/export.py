@@ -347,7 +347,8 @@ def _scan(
 
     def work(window: Window):
         src = handles.get(source.path)
-        data, valid = read_window(src, window, source.band_indexes)
+        data, band_valid = read_window(src, window, source.band_indexes)
+        valid = band_valid.any(0)
         if frame is not None:
             groups = rasterize_groups(frame, window, source.transform)
             labels = group_lut[groups]
@@ -356,7 +357,7 @@ def _scan(
             labels = label_window(reader, window, label_raster.path)
             groups = None
         labels[~valid] = 0
-        return window, data[:, valid], labels, groups
+        return window, data[:, band_valid.all(0)], labels, groups  # statistics from complete pixels
 
     windows = list(block_windows(source.width, source.height, BLOCK))
     with contextlib.ExitStack() as stack, ThreadPoolExecutor(workers) as pool:
@@ -388,8 +389,8 @@ def _histogram_pass(source: RasterSource, stats: BandStatistics, workers: int, p
     handles = _Handles()
 
     def work(window: Window) -> np.ndarray:
-        data, valid = read_window(handles.get(source.path), window, source.band_indexes)
-        return data[:, valid]
+        data, band_valid = read_window(handles.get(source.path), window, source.band_indexes)
+        return data[:, band_valid.all(0)]
 
     windows = list(block_windows(source.width, source.height, BLOCK))
     with ThreadPoolExecutor(workers) as pool:
@@ -432,12 +433,13 @@ def _chip_pass(
             groups = read_padded(handles.get(scan.groups_path), window, 1)
         if not all_tiles and not labels.any():
             return None
-        data, valid = read_window(handles.get(source.path), window, source.band_indexes)
+        data, band_valid = read_window(handles.get(source.path), window, source.band_indexes)
+        valid = band_valid.any(0)
         labels[~valid] = 0
         groups[~valid] = 0
         if not valid.any() or (not all_tiles and not labels.any()):
             return None
-        data[:, ~valid] = fill
+        data[~band_valid] = fill  # per band: a pixel missing one band keeps the others
         name = f"{index:02d}_{int(window.row_off):06d}_{int(window.col_off):06d}"
         transform = rasterio.windows.transform(window, source.transform)
         with create(

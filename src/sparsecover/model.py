@@ -27,16 +27,27 @@ def build_model(
     architecture: str = "unet",
     weights: str | None = None,
     band_names: list[str] | None = None,
+    encoder_depth: int = 5,
 ) -> nn.Module:
-    """A segmentation network: ``num_bands`` in, ``num_classes`` logits out, at input resolution."""
+    """A segmentation network: ``num_bands`` in, ``num_classes`` logits out, at input resolution.
+
+    ``encoder_depth`` < 5 keeps only the first stages of the encoder (and a matching, narrower
+    decoder): a smaller receptive field and far fewer weights, which generalise better from a few
+    small polygons than the full network, which learns the polygons' context by heart.
+    """
     if architecture not in ARCHITECTURES:
         raise SparsecoverError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
     if backbone not in smp.encoders.get_encoder_names():
         raise SparsecoverError(f"unknown backbone {backbone!r}; e.g. resnet18, resnet34, resnet50, efficientnet-b0")
+    if not 3 <= encoder_depth <= 5:
+        raise SparsecoverError(f"--encoder-depth must be 3, 4 or 5, got {encoder_depth}")
     cls = ARCHITECTURES[architecture]
+    shape = {"encoder_depth": encoder_depth}
+    if architecture in ("unet", "unetplusplus"):
+        shape["decoder_channels"] = (256, 128, 64, 32, 16)[5 - encoder_depth :]
     if weights == "imagenet":
         try:
-            model = cls(encoder_name=backbone, encoder_weights="imagenet", in_channels=3, classes=num_classes)
+            model = cls(encoder_name=backbone, encoder_weights="imagenet", in_channels=3, classes=num_classes, **shape)
         except Exception as exc:  # download or cache failure
             raise SparsecoverError(
                 f"cannot load ImageNet weights for {backbone} ({exc}); they are downloaded on first use: "
@@ -44,7 +55,7 @@ def build_model(
             ) from None
         adapt_first_conv(model.encoder, num_bands, band_names or [])
         return model
-    model = cls(encoder_name=backbone, encoder_weights=None, in_channels=num_bands, classes=num_classes)
+    model = cls(encoder_name=backbone, encoder_weights=None, in_channels=num_bands, classes=num_classes, **shape)
     if weights not in (None, "none"):
         load_weights(model, Path(weights))
     return model

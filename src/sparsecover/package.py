@@ -126,9 +126,12 @@ class RawInputModel(nn.Module):
         self.register_buffer("std", torch.tensor(norm["std"], dtype=torch.float32).view(shape))
         self.network = network
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
         x = (torch.minimum(torch.maximum(x, self.low), self.high) - self.mean) / self.std
-        return torch.softmax(self.network(x).float(), dim=1)
+        return self.network(x).float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(x), dim=1)
 
 
 def deepness_metadata(meta: dict) -> dict[str, str]:

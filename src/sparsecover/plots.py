@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .chips import ChipDataset
-from .data import valid_pixels
+from .data import band_validity
 
 
 def display_bands(names: list[str]) -> list[int]:
@@ -66,7 +66,7 @@ def show_batch(dataset: ChipDataset, rows: int = 2, columns: int = 4, bands: lis
         ax.axis("off")
     for ax, index in zip(axes.ravel(), picks):
         image, label, _ = dataset.read(int(index))
-        valid = valid_pixels(image, dataset.nodata)
+        valid = band_validity(image, dataset.nodata).any(0)
         ax.imshow(stretch(image[show], valid))
         ax.imshow(label_overlay(label, colors))
         ax.set_title(dataset.chips[int(index)].id, fontsize=8)
@@ -183,9 +183,10 @@ def show_results(dataset: ChipDataset, model, indices: list[int], path: str | Pa
     fig, axes = plt.subplots(len(indices), 3, figsize=(9, 3 * len(indices)), squeeze=False)
     for row, index in zip(axes, indices):
         image, label, _ = dataset.read(index)
-        valid = valid_pixels(image, dataset.nodata)
-        chosen = image[[b["source_index"] - 1 for b in model.meta["bands"]]]
-        x = torch.from_numpy(model.normalisation.apply(chosen, valid)[None])
+        chosen_bands = [b["source_index"] - 1 for b in model.meta["bands"]]
+        band_valid = band_validity(image, dataset.nodata)
+        valid = band_valid.any(0)
+        x = torch.from_numpy(model.normalisation.apply(image[chosen_bands], band_valid[chosen_bands])[None])
         with torch.no_grad():
             predicted = lut[model.network(x).argmax(1)[0].numpy()]
         predicted[~valid] = 0

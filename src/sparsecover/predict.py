@@ -39,7 +39,8 @@ def network_from(meta: dict, weights: bytes) -> torch.nn.Module:
     """Rebuild the network that model.json describes and load its safetensors weights."""
     from safetensors.torch import load as load_safetensors
 
-    network = build_model(meta["input_channels"], len(meta["classes"]), meta["encoder"], meta["architecture"])
+    network = build_model(meta["input_channels"], len(meta["classes"]), meta["encoder"], meta["architecture"],
+                          encoder_depth=meta.get("encoder_depth", 5))
     try:
         network.load_state_dict(load_safetensors(weights))
     except Exception as exc:

@@ -170,10 +170,12 @@ def describe(src: rasterio.io.DatasetReader, require_crs: bool = True) -> Raster
 def read_window(
     src: rasterio.io.DatasetReader, window: Window, indexes: list[int], dtype: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``window`` (may reach past the edges) as (bands, h, w) data and an (h, w) validity mask.
+    """Read ``window`` (may reach past the edges) as (bands, h, w) data and (bands, h, w) band validity.
 
-    A pixel is valid when every band is valid: not its own band's nodata value, not masked by a mask
-    or alpha band, finite, and inside the raster. Reads past the edge are zero-filled and invalid.
+    A band value is valid when it is not its own band's nodata value, not masked by a mask or alpha
+    band, finite, and inside the raster. Reads past the edge are zero-filled and invalid. A *pixel* is
+    classifiable where any band is valid (``valid.any(0)``): bands missing at a pixel (Landsat 7
+    SLC-off gaps, a band with a smaller footprint) are imputed, not the whole pixel dropped.
     (rasterio's ``boundless`` reads apply band 1's nodata to every band, so the padding is done here.)
     """
     try:
@@ -183,9 +185,9 @@ def read_window(
         raise SparsecoverError(
             f"{src.name}: cannot read pixels ({_first_line(exc)}); the file may be truncated or corrupt"
         ) from None
-    valid = np.all(masks > 0, axis=0)
+    valid = masks > 0
     if np.issubdtype(data.dtype, np.floating):
-        valid &= np.all(np.isfinite(data), axis=0)
+        valid &= np.isfinite(data)
     return data, valid
 
 

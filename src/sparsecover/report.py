@@ -59,7 +59,7 @@ def _metrics_section(title: str, metrics: dict, confusion_png: Path) -> str:
 def build_report(run: str | Path, out: str | Path, classified: str | Path | None = None,
                  evaluation: str | Path | None = None, show_rows: int = 4) -> Path:
     """Write the HTML report for training run ``run`` (plus a map and its evaluation, if given)."""
-    from .chips import open_chip_dataset
+    from .combine import open_chip_datasets
     from .evaluate import evaluate_run
     from .plots import plot_confusion, plot_history, plot_map, show_results
     from .predict import load_model
@@ -72,14 +72,15 @@ def build_report(run: str | Path, out: str | Path, classified: str | Path | None
     sections = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        dataset = open_chip_dataset(config["dataset"]) if Path(config["dataset"]).exists() else None
+        roots = config["dataset"]
+        dataset = open_chip_datasets(roots) if all(Path(r).exists() for r in roots) else None
         if dataset is not None:
             band_rows = [[b.name, b.dtype, s["min"], s["p1"], s["mean"], s["std"], s["p99"], s["max"]]
                          for b, s in zip(dataset.bands, dataset.statistics)]
             class_rows = [[c.value, c.name, c.color, dataset.class_pixel_counts.get(c.value, 0)] for c in dataset.classes]
             sections.append(
                 "<h2>Data</h2>"
-                f"<p>{len(dataset)} chips of {dataset.tile_size} px from <code>{html.escape(str(dataset.root))}</code>"
+                f"<p>{len(dataset)} chips of {dataset.tile_size} px from <code>{html.escape(', '.join(roots))}</code>"
                 f" ({dataset.kind}); {len(dataset.groups)} spatial groups (polygons / regions) for the split.</p>"
                 + _table(["band", "dtype", "min", "p1", "mean", "std", "p99", "max"], band_rows)
                 + _table(["value", "class", "colour", "labelled pixels"], class_rows)

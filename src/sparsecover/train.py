@@ -14,9 +14,10 @@ one package file, ``model.sparsecover`` (see :mod:`sparsecover.package`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
-import hashlib
+import io
 import json
 import logging
 import math
@@ -37,9 +38,11 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from . import __version__
-from .chips import DATASET_FILE, ChipDataset, open_chip_dataset
+from .chips import ChipDataset
+from .combine import dataset_hash, dataset_roots, open_chip_datasets
 from .data import (
     IGNORE_INDEX,
+    UNLABELLED,
     ChipTorchDataset,
     ClassMapping,
     Normalisation,
@@ -66,6 +69,7 @@ class TrainConfig:
 
     backbone: str = "resnet34"
     architecture: str = "unet"
+    encoder_depth: int = 5
     epochs: int = 10
     lr: float | None = None  # None: run the LR finder first
     batch_size: int = 8
@@ -84,6 +88,8 @@ class TrainConfig:
     bands: list[str] | None = None
     imagery_type: str | None = None
     weight_decay: float = 1e-2
+    unlabelled_weight: float = 1.0  # weight of the pseudo-label loss on unlabelled pixels; 0 = supervised only
+    pseudo_threshold: float = 0.9  # confidence a pseudo-label needs
     onnx: bool = False  # also put model.onnx (+ model.emd) into the package
     quiet: bool = False
     resume: bool = False
@@ -104,9 +110,12 @@ class Prepared:
     weights: list[float]
 
 
-def prepare(chips: str | Path | ChipDataset, config: TrainConfig) -> Prepared:
-    """Open a chip dataset and build the class mapping, normalisation and leak-free split."""
-    dataset = chips if isinstance(chips, ChipDataset) else open_chip_dataset(chips)
+ChipsArg = str | Path | list[str | Path] | ChipDataset  # one dataset folder, several, or an opened one
+
+
+def prepare(chips: ChipsArg, config: TrainConfig) -> Prepared:
+    """Open chip dataset(s) and build the class mapping, normalisation and leak-free split."""
+    dataset = chips if isinstance(chips, ChipDataset) else open_chip_datasets(chips)
     if len(dataset) == 0:
         raise SparsecoverError(f"{dataset.root}: the chip dataset holds no chips")
     if not 0 <= config.val_fraction < 1:
@@ -120,10 +129,11 @@ def prepare(chips: str | Path | ChipDataset, config: TrainConfig) -> Prepared:
     if not any(g for g in group_sets):  # Esri: chip group ids are known once groups are computed
         dataset.groups  # noqa: B018 - fills chip.group_ids
         group_sets = [set(c.group_ids) for c in dataset.chips]
-    train_idx = [i for i, g in enumerate(group_sets) if g & split.train_groups]
+    # semi-supervised training learns from every chip (also unlabelled ones, `export --all-tiles`)
+    train_idx = [i for i, g in enumerate(group_sets) if g & split.train_groups or config.unlabelled_weight > 0]
     valid_idx = [i for i, g in enumerate(group_sets) if g & split.valid_groups]
     common = dict(dataset=dataset, mapping=mapping, normalisation=normalisation, bands=band_indices)
-    train = ChipTorchDataset(indices=train_idx, own_groups=split.train_groups, train=True, seed=config.seed, **common)
+    train = ChipTorchDataset(indices=train_idx, own_groups=split.train_groups, train=True, **common)
     valid = (
         ChipTorchDataset(indices=valid_idx, own_groups=split.valid_groups, train=False, score_once=True, **common)
         if valid_idx
@@ -139,15 +149,46 @@ def prepare(chips: str | Path | ChipDataset, config: TrainConfig) -> Prepared:
     return Prepared(dataset, mapping, band_indices, band_names, normalisation, split, train, valid, weights)
 
 
+def strong_view(image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A strongly perturbed copy of a normalised batch, aligned pixel for pixel with it.
+
+    Per sample and band: gain in [0.7, 1.3] and offset in [-0.3, 0.3] (in standard deviations),
+    Gaussian noise of 0.1, and one cut-out square of a quarter to half the chip side set to the band
+    mean (0). The model must then predict a pixel from weaker evidence, or from its neighbourhood only.
+    """
+    n, bands, height, width = image.shape
+    opts = {"device": image.device, "dtype": image.dtype}
+    gain = 0.7 + 0.6 * torch.rand(n, bands, 1, 1, generator=generator, **opts)
+    offset = 0.6 * torch.rand(n, bands, 1, 1, generator=generator, **opts) - 0.3
+    noise = 0.1 * torch.randn(image.shape, generator=generator, **opts)
+    strong = image * gain + offset + noise
+    rows = torch.arange(height, device=image.device)[:, None]
+    cols = torch.arange(width, device=image.device)[None, :]
+    side = torch.randint(max(1, height // 4), max(2, height // 2 + 1), (n,), device=image.device)
+    top = (torch.rand(n, device=image.device) * (height - side + 1)).long()
+    left = (torch.rand(n, device=image.device) * (width - side + 1)).long()
+    cut = ((rows[None] >= top[:, None, None]) & (rows[None] < (top + side)[:, None, None])
+           & (cols[None] >= left[:, None, None]) & (cols[None] < (left + side)[:, None, None]))
+    return strong.masked_fill(cut[:, None], 0.0)
+
+
 class SegmentationTask(L.LightningModule):
-    """Cross-entropy that ignores unlabelled pixels, AdamW + one-cycle, confusion-matrix metrics."""
+    """Cross-entropy on labelled pixels, plus pseudo-labels on unlabelled ones; AdamW + one-cycle.
+
+    Semi-supervised in the FixMatch manner (Sohn et al. 2020), per pixel: the model's own prediction
+    on the (weakly augmented) chip becomes the target of a strongly perturbed copy of the chip
+    wherever it is confident (>= ``pseudo_threshold``). The many unlabelled pixels around and between
+    the polygons then shape the decision boundaries, and the network cannot simply memorise the few
+    labelled ones. ``unlabelled_weight`` 0 turns it off (supervised only, half the compute).
+    """
 
     def __init__(self, num_bands: int, num_classes: int, class_weights: list[float], backbone: str,
                  architecture: str, lr: float, weight_decay: float, weights: str | None = None,
-                 band_names: list[str] | None = None) -> None:
+                 band_names: list[str] | None = None, encoder_depth: int = 5, unlabelled_weight: float = 0.0,
+                 pseudo_threshold: float = 0.9) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = build_model(num_bands, num_classes, backbone, architecture, weights, band_names)
+        self.model = build_model(num_bands, num_classes, backbone, architecture, weights, band_names, encoder_depth)
         self.loss = nn.CrossEntropyLoss(weight=torch.tensor(class_weights, dtype=torch.float32),
                                         ignore_index=IGNORE_INDEX, reduction="sum")
         self.lr = lr
@@ -158,26 +199,35 @@ class SegmentationTask(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def _loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        image, target = batch
-        logits = self(image)
+    def _supervised(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class-weighted mean cross-entropy over labelled pixels, and the total weight it averaged."""
         labelled = target != IGNORE_INDEX
         weight = self.loss.weight[target[labelled]].sum() if labelled.any() else logits.new_tensor(0.0)
-        total = self.loss(logits, target)
-        loss = total / weight.clamp_min(1e-8)
-        return loss, logits, weight
+        return self.loss(logits, target) / weight.clamp_min(1e-8), weight
 
     def training_step(self, batch, batch_idx):
-        loss, _, weight = self._loss(batch)
+        image, target = batch
+        unlabelled = target == UNLABELLED
+        labelled_target = target.masked_fill(unlabelled, IGNORE_INDEX)
+        semi = self.hparams.unlabelled_weight > 0 and bool(unlabelled.any())
+        logits = self(torch.cat([image, strong_view(image)]) if semi else image)
+        loss, weight = self._supervised(logits[: len(image)], labelled_target)
         self.train_loss.update(loss.detach(), weight.detach())
         self.log("train_loss", self.train_loss, on_step=False, on_epoch=True)
+        if semi:
+            confidence, pseudo = logits[: len(image)].detach().softmax(1).max(1)
+            confident = unlabelled & (confidence >= self.hparams.pseudo_threshold)
+            per_pixel = nn.functional.cross_entropy(logits[len(image) :], pseudo, reduction="none")
+            loss = loss + self.hparams.unlabelled_weight * (per_pixel * confident).sum() / unlabelled.sum()
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss, logits, weight = self._loss(batch)
+        image, target = batch
+        logits = self(image)
+        loss, weight = self._supervised(logits, target)
         if weight > 0:
             self.valid_loss.update(loss, weight)
-        self.confusion.update(logits.argmax(1), batch[1])
+        self.confusion.update(logits.argmax(1), target)
 
     def on_validation_epoch_end(self) -> None:
         matrix = self.confusion.compute().cpu().numpy()
@@ -191,8 +241,10 @@ class SegmentationTask(L.LightningModule):
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.hparams.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
+        # OneCycleLR divides by zero when the warm-up phase ends exactly on step 0 (4 steps x 0.25)
+        warmup = 0.25 if total != 4 else 0.3
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.lr, total_steps=total,
-                                                        pct_start=0.25)
+                                                        pct_start=warmup)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
@@ -336,17 +388,10 @@ def find_lr(prepared: Prepared, config: TrainConfig, plot: Path | None = None, w
                        root=workdir or (plot.parent if plot else None))
     from lightning.pytorch.tuner import Tuner
 
-    previous = os.environ.get("TQDM_DISABLE")
-    if config.quiet:
-        os.environ["TQDM_DISABLE"] = "1"  # Lightning's LR finder draws its own tqdm bar
-    try:
+    # Lightning's LR finder always draws its own tqdm bar (on stderr): swallow it when quiet
+    with contextlib.redirect_stderr(io.StringIO()) if config.quiet else contextlib.nullcontext():
         finder = Tuner(trainer).lr_find(task, train_dataloaders=train, min_lr=1e-6, max_lr=1.0,
                                         num_training=steps, update_attr=False, early_stop_threshold=None)
-    finally:
-        if previous is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = previous
     suggestion = _suggest(finder.results["lr"], finder.results["loss"]) if finder is not None else 1e-3
     if plot is not None and finder is not None:
         plot_lr_curve(finder.results["lr"], finder.results["loss"], suggestion, plot)
@@ -387,6 +432,8 @@ def _task(prepared: Prepared, config: TrainConfig, lr: float) -> SegmentationTas
         num_bands=len(prepared.band_indices), num_classes=len(prepared.mapping.values),
         class_weights=prepared.weights, backbone=config.backbone, architecture=config.architecture,
         lr=lr, weight_decay=config.weight_decay, weights=config.weights, band_names=prepared.band_names,
+        encoder_depth=config.encoder_depth, unlabelled_weight=config.unlabelled_weight,
+        pseudo_threshold=config.pseudo_threshold,
     )
 
 
@@ -395,7 +442,7 @@ def _check_resume(run: Path, config: TrainConfig, dataset: ChipDataset) -> None:
     if not saved_path.exists() or not (run / "checkpoints" / "last.ckpt").exists():
         raise SparsecoverError(f"{run}: nothing to resume (no config.json and checkpoints/last.ckpt)")
     saved = json.loads(saved_path.read_text())
-    current = {**asdict(config), "dataset": str(dataset.root.resolve())}
+    current = {**asdict(config), "dataset": dataset_roots(dataset)}
     for key in sorted(set(saved["settings"]) | set(current)):
         if key in RESUMABLE_DIFFERENCES or key == "lr":
             continue
@@ -406,13 +453,8 @@ def _check_resume(run: Path, config: TrainConfig, dataset: ChipDataset) -> None:
             )
 
 
-def dataset_hash(dataset: ChipDataset) -> str | None:
-    path = dataset.root / DATASET_FILE
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
-
-
-def train(chips: str | Path | ChipDataset, out: str | Path, config: TrainConfig | None = None) -> Path:
-    """Train a model on a chip dataset into the run folder ``out``; returns the run folder."""
+def train(chips: ChipsArg, out: str | Path, config: TrainConfig | None = None) -> Path:
+    """Train a model on chip dataset(s) into the run folder ``out``; returns the run folder."""
     config = config or TrainConfig()
     run = Path(out)
     if config.epochs < 1:
@@ -428,7 +470,7 @@ def train(chips: str | Path | ChipDataset, out: str | Path, config: TrainConfig 
             raise SparsecoverError(f"{run}: run folder exists and is not empty; use --resume or a new --out")
         run.mkdir(parents=True, exist_ok=True)
         lr = config.lr if config.lr is not None else find_lr(prepared, config, run / "lr_find.png")
-        settings = {**asdict(config), "lr": lr, "dataset": str(prepared.dataset.root.resolve())}
+        settings = {**asdict(config), "lr": lr, "dataset": dataset_roots(prepared.dataset)}
         (run / "config.json").write_text(json.dumps({"settings": settings, "sparsecover_version": __version__}, indent=1))
     _quiet_lightning(config.quiet)
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -498,6 +540,7 @@ def save_model_folder(folder: Path, task: SegmentationTask, prepared: Prepared, 
         "schema_version": 1,
         "architecture": config.architecture,
         "encoder": config.backbone,
+        "encoder_depth": config.encoder_depth,
         "input_channels": len(prepared.band_indices),
         "classes": [
             {"index": i, "value": v, "name": n, "color": c}
@@ -528,7 +571,7 @@ def save_model_folder(folder: Path, task: SegmentationTask, prepared: Prepared, 
             "train_groups": len(prepared.split.train_groups),
             "valid_groups": len(prepared.split.valid_groups),
         },
-        "dataset": {"path": str(dataset.root.resolve()), "kind": dataset.kind, "sha256": dataset_hash(dataset)},
+        "dataset": {"paths": dataset_roots(dataset), "kind": dataset.kind, "sha256": dataset_hash(dataset)},
         "versions": {"sparsecover": __version__, "torch": torch.__version__,
                      "segmentation_models_pytorch": smp.__version__, "lightning": lightning.__version__},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
