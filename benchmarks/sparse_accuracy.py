@@ -51,7 +51,10 @@ def parse_recipe(text: str) -> tuple[str, dict, dict]:
     config, export = {}, dict(EXPORT_KEYS)
     for item in filter(None, body.split(",")):
         key, _, value = item.partition("=")
-        parsed = json.loads(value) if value[:1] in "0123456789-[{tfn" and value not in ("none",) else value
+        try:
+            parsed = json.loads(value)  # numbers, true/false, lists
+        except ValueError:
+            parsed = value  # names such as resnet18, fpn or none
         if key in EXPORT_KEYS:
             export[key] = parsed
         elif key in known:

@@ -234,13 +234,14 @@ class ChipTorchDataset(Dataset):
         image, label, groups = self.dataset.read(self.indices[position])
         image = image[self.bands]
         valid = band_validity(image, self.dataset.nodata)
+        usable = valid.any(0)
         target = self.lut[label]
-        keep = valid.any(0) & np.isin(groups, self.own_groups)
+        keep = usable & np.isin(groups, self.own_groups)
         if self._seen_mask is not None:
             keep &= self._seen_mask[position]
         target[~keep] = IGNORE_INDEX
         if self.train:
-            target[~keep & valid.any(0)] = UNLABELLED
+            target[~keep & usable] = UNLABELLED
         item = (self.normalisation.apply(image, valid), target)
         if self._cache is not None:
             self._cache[position] = item
