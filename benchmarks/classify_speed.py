@@ -7,9 +7,12 @@ repetition* (a VRT that repeats the scene; no mirror flips) to about 25 MP and t
 at benchmark time. The model is a ResNet34 U-Net with random weights (speed does not depend on the
 weights), 4 bands -> 7 classes, packaged like a trained one.
 
-Rows: bare forward pass of the network over 512 px tiles in batches of 4 (MP/s, the ceiling; the
-same MP/s as one 1024 px tile on this CPU); classify at default settings (torch and onnxruntime engines); classify with --tta; peak RSS of classify at ~25 MP and at the
-big size, each in its own process. Ratios: classify / bare forward, onnx / torch, tta / plain, RSS big / small.
+Rows: bare forward pass of the network (MP/s) for a few tile shapes, the best of which is the
+ceiling classify is compared with (measured before and after each compared classify run, and
+averaged: this machine's speed drifts); classify at default settings (torch and onnxruntime
+engines); classify with --tta; peak RSS of classify at ~25 MP and at the big size, each in its own
+process. Ratios: classify / bare forward, onnx / torch, tta / plain, RSS big / small. Options:
+``--tile-size``, ``--padding``, ``--batch-size`` to compare settings, ``--device cuda``, ``--data``.
 """
 
 from __future__ import annotations
@@ -84,25 +87,29 @@ def make_package(folder: Path, stack: Path) -> Path:
     return save_package(model_dir, folder / "bench.sparsecover")
 
 
-def bare_forward(package: Path, device: str, tiles: int = 12, size: int = 512) -> float:
-    """MP/s of the network alone on random 512 px tiles in batches of 4 (the classify default)."""
+def bare_forward(package: Path, device: str, batch: int, size: int, tiles: int = 12) -> float:
+    """MP/s of the network alone on random ``size`` px tiles in batches of ``batch``, with the
+    precision classify uses there (bf16 autocast on CUDA)."""
     from sparsecover.predict import load_model
 
     model = load_model(package, device)
     network = model.network
     if device == "cpu":
         network.to(memory_format=torch.channels_last)
-    x = torch.randn(4, 4, size, size, device=device)
+    x = torch.randn(batch, 4, size, size, device=device)
     if device == "cpu":
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
+    steps = max(1, tiles // batch)
+    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
         network(x)
+        if device == "cuda":
+            torch.cuda.synchronize()
         start = time.perf_counter()
-        for _ in range(tiles // 4):
+        for _ in range(steps):
             network(x)
         if device == "cuda":
             torch.cuda.synchronize()
-    return tiles * size * size / 1e6 / (time.perf_counter() - start)
+    return steps * batch * size * size / 1e6 / (time.perf_counter() - start)
 
 
 def run_classify(raster: Path, package: Path, out: Path, extra: list[str]) -> tuple[float, float, float]:
@@ -126,38 +133,62 @@ def main() -> None:
     parser.add_argument("--big-mp", type=float, default=400)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-big", action="store_true", help="Skip the big raster (its RSS row).")
+    parser.add_argument("--data", type=Path, default=SHARED, help="folder with s2_B02/03/04/08.tif")
+    parser.add_argument("--tile-size", type=int, default=None, help="classify setting (default: classify's)")
+    parser.add_argument("--padding", type=int, default=None, help="classify setting (default: classify's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="classify setting (default: classify's)")
     args = parser.parse_args()
-    if not SHARED.is_dir():
-        sys.exit(f"benchmark data not found: {SHARED}")
+    if not args.data.is_dir():
+        sys.exit(f"benchmark data not found: {args.data}")
     from sparsecover.stack import stack_bands
 
+    settings = {k: v for k, v in (("tile_size", args.tile_size), ("padding", args.padding),
+                                  ("batch_size", args.batch_size)) if v is not None}
+    plain = {"device": args.device, **settings}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        stack = stack_bands([SHARED / f"s2_B0{b}.tif" for b in (2, 3, 4, 8)], tmp / "s2.vrt")
+        stack = stack_bands([args.data / f"s2_B0{b}.tif" for b in (2, 3, 4, 8)], tmp / "s2.vrt")
         package = make_package(tmp, stack)
         small = repeat_vrt(stack, tmp / "small.vrt", 3, 2)
         side = max(1, int(round((args.big_mp / 3.76) ** 0.5)))
         big = repeat_vrt(stack, tmp / "big.vrt", side, side)
-        bare = bare_forward(package, args.device)
-        rows = [("bare forward pass, 512 px tiles", bare, "", "")]
-        t, mp, rss_small = run_classify(small, package, tmp / "a.tif", [{"device": args.device}])
+        shapes = [(4, 512), (1, 1024)] + ([(8, 1024)] if args.device == "cuda" else [])
+
+        def bare_now() -> float:
+            """The network's best shape here, measured now (this machine's speed drifts by 10-20 %)."""
+            return max(bare_forward(package, args.device, batch, size, tiles=16 if args.device == "cuda" else 4)
+                       for batch, size in shapes)
+
+        rows = []
+        for batch, size in shapes:
+            rate = bare_forward(package, args.device, batch, size, tiles=16 if args.device == "cuda" else 4)
+            rows.append((f"bare forward, {batch} x {size} px", rate, "", ""))
+        before = max(r[1] for r in rows)
+        t, mp, rss_small = run_classify(small, package, tmp / "a.tif", [plain])
+        after = bare_now()
+        rows.append(("bare forward again, best shape", after, f"{after / before:.3f} of the first", ""))
+        bare = (before + after) / 2  # the ceiling, measured on both sides of the classify run
         torch_rate = mp / t
-        rows.append((f"classify torch ({mp:.1f} MP)", torch_rate, f"{torch_rate / bare:.3f} of bare", f"{rss_small:.0f}"))
-        t, mp, _ = run_classify(small, package, tmp / "b.tif", [{"device": args.device, "engine": "onnx"}])
+        rows.append((f"classify torch ({mp:.1f} MP)", torch_rate, f"{torch_rate / bare:.3f} of bare (mean of both)",
+                     f"{rss_small:.0f}"))
+        t, mp, _ = run_classify(small, package, tmp / "b.tif", [{**plain, "engine": "onnx"}])
         rows.append((f"classify onnxruntime ({mp:.1f} MP)", mp / t, f"{mp / t / torch_rate:.3f} of torch", ""))
-        t, mp, _ = run_classify(stack, package, tmp / "c.tif", [{"device": args.device, "tta": True}])
-        t0, mp0, _ = run_classify(stack, package, tmp / "d.tif", [{"device": args.device}])
+        t, mp, _ = run_classify(stack, package, tmp / "c.tif", [{**plain, "tta": True}])
+        t0, mp0, _ = run_classify(stack, package, tmp / "d.tif", [plain])
         rows.append((f"classify --tta ({mp:.1f} MP)", mp / t, f"{(mp / t) / (mp0 / t0):.3f} of plain", ""))
         if not args.skip_big:
-            t, mp, rss_big = run_classify(big, package, tmp / "e.tif", [{"device": args.device}])
-            rows.append((f"classify torch ({mp:.0f} MP)", mp / t, f"RSS {rss_big / rss_small:.3f} of small",
-                         f"{rss_big:.0f}"))
+            before = bare_now()
+            t, mp, rss_big = run_classify(big, package, tmp / "e.tif", [plain])
+            bare = (before + bare_now()) / 2
+            rows.append((f"classify torch ({mp:.0f} MP)", mp / t,
+                         f"{mp / t / bare:.3f} of bare; RSS {rss_big / rss_small:.3f} of small", f"{rss_big:.0f}"))
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    shown = ", ".join(f"{k} {v}" for k, v in settings.items()) or "classify defaults"
     print(f"classify_speed: Sentinel-2 4-band uint16 scene (s2_10m) repeated by VRT tiling; ResNet34 U-Net, "
-          f"random weights; classify defaults (tiles up to 1024 px, padding 64, batch 1); {device}")
-    print(f"{'run':<36}{'MP/s':>8}  {'ratio':<22}{'peak RSS MB':>12}")
+          f"random weights; {shown}; {device}")
+    print(f"{'run':<36}{'MP/s':>8}  {'ratio':<40}{'peak RSS MB':>12}")
     for name, rate, ratio, rss in rows:
-        print(f"{name:<36}{rate:>8.2f}  {ratio:<22}{rss:>12}")
+        print(f"{name:<36}{rate:>8.2f}  {ratio:<40}{rss:>12}", flush=True)
 
 
 if __name__ == "__main__":

@@ -182,7 +182,7 @@ def test_onnx_matches_pytorch_on_real_landsat_chips(nc_model, nc_export, tmp_pat
 
 
 def test_tiled_classification_agrees_with_one_pass(nc_model, nc_export, tmp_path):
-    """No seams: the default padding (64 px) with the default tile size and with 512 px tiles agrees
+    """No seams: the default padding (32 px) with the default tile size and with 512 px tiles agrees
     with one forward pass, on the real scene mirrored 2 x 2 (978 x 886 px, so defaults need 2 tiles)."""
     from sparsecover.classify import classify_pixels, tile_shape
 
@@ -195,12 +195,12 @@ def test_tiled_classification_agrees_with_one_pass(nc_model, nc_export, tmp_path
     mirrored = tmp_path / "mirrored.tif"
     with rasterio.open(mirrored, "w", **profile) as dst:
         dst.write(data.filled(-99999.0).astype("float32"))
-    assert tile_shape(978, 886, 1024, 64)[0] < 978  # the default tiling really cuts the scene
+    assert tile_shape(978, 886, 1024, 32)[0] < 978  # the default tiling really cuts the scene
     one = rasterio.open(classify_pixels(mirrored, nc_model, tmp_path / "one.tif", tile_size=1088, padding=32,
                                         progress=False)).read(1)
     valid = one > 0
     for tile in (1024, 512):
         tiled = rasterio.open(classify_pixels(mirrored, nc_model, tmp_path / f"t{tile}.tif", tile_size=tile,
-                                              padding=64, progress=False)).read(1)
+                                              progress=False)).read(1)
         assert np.array_equal(valid, tiled > 0)
         assert (one[valid] == tiled[valid]).mean() >= 0.995, tile

@@ -20,7 +20,10 @@ import functools
 import json
 import math
 import os
+import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -89,8 +92,10 @@ def _device(name: str) -> torch.device:
 class Predictor:
     """Raw tiles (N, bands, T, T) -> class probabilities (N, K, T, T), by PyTorch or ONNX Runtime.
 
-    Invalid band values get the band's normalisation mean, i.e. 0 after normalisation, in both
-    engines, so the two agree (and agree with training, see ``Normalisation.apply``). ``tta`` averages the 8 flips/rotations.
+    Its input comes from :func:`read_tiles`, which gives invalid band values the band's
+    normalisation mean (``fill``), i.e. 0 after normalisation, for both engines, so the two agree
+    (and agree with training, see ``Normalisation.apply``). ``tta`` averages the 8 flips/rotations.
+    On CUDA a batch that runs out of memory is split in halves.
     """
 
     def __init__(self, loaded: LoadedModel, device: torch.device, engine: str, tta: bool,
@@ -100,7 +105,7 @@ class Predictor:
         self.loaded, self.device, self.engine, self.tta = loaded, device, engine, tta
         # only the class map is wanted: (N, T, T) class indices, no softmax or K x T x T copies back
         self.classes_only = classes_only and engine == "torch" and not tta
-        self.fill = np.asarray(loaded.normalisation.mean, dtype=np.float32)[:, None]
+        self.fill = np.asarray(loaded.normalisation.mean, dtype=np.float32)  # for read_tiles
         if engine == "onnx":
             from .package import onnx_bytes, onnx_session
 
@@ -115,6 +120,17 @@ class Predictor:
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         if self.engine == "onnx":
             return self.session.run(None, {"image": batch})[0]
+        try:
+            return self._torch_forward(batch)
+        except torch.cuda.OutOfMemoryError:
+            if len(batch) == 1:
+                raise SparsecoverError("the GPU ran out of memory on a single tile; pass a smaller --tile-size "
+                                       "or --device cpu") from None
+            torch.cuda.empty_cache()  # halve the batch and go on: the default batch size is a guess
+            half = len(batch) // 2
+            return np.concatenate([self._forward(batch[:half]), self._forward(batch[half:])])
+
+    def _torch_forward(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch).to(self.device)
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
@@ -124,10 +140,8 @@ class Predictor:
                 return self.module.logits(x).argmax(1).to(torch.uint8).cpu().numpy()
             return self.module(x).cpu().numpy()
 
-    def __call__(self, raws: np.ndarray, valids: np.ndarray) -> np.ndarray:
-        raws = raws.astype(np.float32, copy=True)
-        for raw, band_valid in zip(raws, valids):
-            np.copyto(raw, self.fill[:, :, None], where=~band_valid)
+    def __call__(self, raws: np.ndarray) -> np.ndarray:
+        """Class probabilities (or class indices, see ``classes_only``) of tiles from :func:`read_tiles`."""
         if not self.tta:
             return self._forward(raws)
         total = None
@@ -142,24 +156,105 @@ class Predictor:
         return np.ascontiguousarray(total / 8)
 
 
-def predict_windows(raster: str, predictor: Predictor, windows: list[Window], tile: tuple[int, int], padding: int,
-                    band_indexes: list[int]) -> list[tuple[Window, np.ndarray, np.ndarray]]:
-    """Probabilities and validity of each window's core (one batch)."""
-    raws, valids = [], []
+def read_tile(src, window: Window, tile: tuple[int, int], padding: int, band_indexes: list[int],
+              fill: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The raw float32 tile (bands, h, w) around one core window, and its valid pixels (h, w).
+
+    Invalid band values get ``fill`` (the band means, 0 after normalisation): done here, in the
+    reading threads, to keep the model's thread free for the model.
+    """
+    data, band_valid = read_window(src, Window(window.col_off - padding, window.row_off - padding, *tile),
+                                   band_indexes, dtype="float32")
+    if not band_valid.all():
+        np.copyto(data, fill[:, None, None], where=~band_valid)
+    return data, band_valid.any(0)
+
+
+def read_tiles(raster: str, windows: list[Window], tile: tuple[int, int], padding: int, band_indexes: list[int],
+               fill: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`read_tile` for a batch of windows: (N, bands, h, w) tiles and (N, h, w) valid pixels."""
     with gdal_env(), rasterio.open(raster) as src:
-        for window in windows:
-            span = Window(window.col_off - padding, window.row_off - padding, *tile)
-            data, band_valid = read_window(src, span, band_indexes, dtype="float32")
-            raws.append(data)
-            valids.append(band_valid)
-    probs = predictor(np.stack(raws), np.stack(valids))
+        tiles = [read_tile(src, w, tile, padding, band_indexes, fill) for w in windows]
+    return np.stack([t[0] for t in tiles]), np.stack([t[1] for t in tiles])
+
+
+def crop_cores(windows: list[Window], probs: np.ndarray, valids: np.ndarray,
+               padding: int) -> list[tuple[Window, np.ndarray, np.ndarray]]:
+    """Each window's core of the predicted tiles: (window, probabilities or classes, valid pixels)."""
     results = []
-    for window, p, band_valid in zip(windows, probs, valids):
+    for window, p, valid in zip(windows, probs, valids):
         h, w = int(window.height), int(window.width)
-        valid = band_valid.any(0)
         results.append((window, p[..., padding : padding + h, padding : padding + w],
                         valid[padding : padding + h, padding : padding + w]))
     return results
+
+
+def predict_windows(raster: str, predictor: Predictor, windows: list[Window], tile: tuple[int, int], padding: int,
+                    band_indexes: list[int]) -> list[tuple[Window, np.ndarray, np.ndarray]]:
+    """Probabilities and validity of each window's core (one batch, read then predicted)."""
+    raws, valids = read_tiles(raster, windows, tile, padding, band_indexes, predictor.fill)
+    return crop_cores(windows, predictor(raws), valids, padding)
+
+
+def _readers() -> int:
+    """Reading threads: a GPU eats tiles faster than one core decompresses them (H200: one reader
+    fed ~18 MP/s to a model that runs at ~350 MP/s); on a small CPU the model is the bottleneck anyway."""
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+class _ThreadDatasets:
+    """One open dataset per reading thread: reopening for every tile cost ~6 ms a tile on a
+    100-source VRT (GDAL handles must not be shared between threads)."""
+
+    def __init__(self, raster: str) -> None:
+        self.raster, self.local, self.opened, self.lock = raster, threading.local(), [], threading.Lock()
+
+    def get(self):
+        src = getattr(self.local, "src", None)
+        if src is None:
+            src = self.local.src = rasterio.open(self.raster)
+            with self.lock:
+                self.opened.append(src)
+        return src
+
+    def close(self) -> None:
+        for src in self.opened:
+            src.close()
+
+
+def _local_results(raster: str, predictor: Predictor, batches: list[list[Window]], tile: tuple[int, int],
+                   padding: int, band_indexes: list[int]):
+    """Batches predicted in this process, the tiles ahead of them read by a pool of threads meanwhile.
+
+    GDAL (decompression) and PyTorch both release the GIL, so reading overlaps the forward pass and
+    reads run in parallel. Tiles are read one per task and at most readers + batch size of them
+    wait in memory, whatever the raster's size.
+    """
+    windows = [w for batch in batches for w in batch]
+    readers = _readers()
+    ahead = readers + len(batches[0]) if batches else 0
+    datasets = _ThreadDatasets(raster)
+
+    def read_one(window: Window) -> tuple[np.ndarray, np.ndarray]:
+        with gdal_env():
+            return read_tile(datasets.get(), window, tile, padding, band_indexes, predictor.fill)
+
+    try:
+        with ThreadPoolExecutor(readers, thread_name_prefix="sparsecover-read") as pool:
+            reads = deque(pool.submit(read_one, w) for w in windows[:ahead])
+            queued = len(reads)
+            for batch in batches:
+                tiles = []
+                for _ in batch:
+                    tiles.append(reads.popleft().result())
+                    if queued < len(windows):
+                        reads.append(pool.submit(read_one, windows[queued]))
+                        queued += 1
+                raws = np.stack([t[0] for t in tiles])
+                valids = np.stack([t[1] for t in tiles])
+                yield crop_cores(batch, predictor(raws), valids, padding)
+    finally:
+        datasets.close()
 
 
 @functools.lru_cache(maxsize=2)
@@ -326,8 +421,8 @@ def classify_pixels(
     model: str | Path | LoadedModel,
     out: str | Path,
     tile_size: int = 1024,
-    padding: int = 64,
-    batch_size: int = 1,
+    padding: int = 32,
+    batch_size: int | None = None,
     tta: bool = False,
     confidence: str | Path | None = None,
     probabilities: str | Path | None = None,
@@ -376,6 +471,8 @@ def classify_pixels(
         try:
             windows = [w for w in core_windows(source.width, source.height, core)
                        if (int(w.col_off), int(w.row_off)) not in writer.done]
+            if batch_size is None:  # a GPU needs several tiles at once to be busy (H200: 8 x 1024 px ran 2x 1 x 1024)
+                batch_size = 8 if torch_device.type == "cuda" else 1
             batches = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
             weights = [sum(int(w.width) * int(w.height) for w in b) / 1e6 for b in batches]
             args = (tile, padding, loaded.band_indexes)
@@ -386,10 +483,17 @@ def classify_pixels(
                                         classes_only, batches, args, workers, dask_scheduler)
             else:
                 predictor = Predictor(loaded, torch_device, engine, tta, classes_only)
-                results = (predict_windows(str(source.path), predictor, b, *args) for b in batches)
-            for result in track(results, len(batches), f"classify {source.path.name}", progress, weights=weights,
-                                unit="MP"):
-                writer.write(result, aoi_mask)
+                results = _local_results(str(source.path), predictor, batches, *args)
+            # blocks are compressed and written in a thread while the next batch is predicted
+            with ThreadPoolExecutor(1, thread_name_prefix="sparsecover-write") as pool:
+                written = None
+                for result in track(results, len(batches), f"classify {source.path.name}", progress,
+                                    weights=weights, unit="MP"):
+                    if written is not None:
+                        written.result()
+                    written = pool.submit(writer.write, result, aoi_mask)
+                if written is not None:
+                    written.result()
             writer.finish()
         except KeyboardInterrupt:
             writer.close()  # keep the partial files: --resume continues from them

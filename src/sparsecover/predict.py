@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rasterio.windows import Window
 
 from .data import Normalisation
 from .errors import SparsecoverError, warn
 from .model import build_model
-from .raster import RasterSource, describe, gdal_env, open_raster
+from .raster import RasterSource, describe, gdal_env, open_raster, read_window
 
-MULTIPLE = 32  # U-Net encoders downsample 5 times: tile sides must be multiples of 32
 
 
 @dataclass
@@ -113,14 +113,23 @@ def check_contract(source: RasterSource, model: LoadedModel, sample: np.ndarray 
     return notes
 
 
-def band_sample(src, band_indexes: list[int], size: int = 512) -> list[np.ndarray]:
-    """Valid values of each band from a decimated read (GDAL overviews or subsampling: bounded memory)."""
-    scale = max(1, max(src.width, src.height) // size)
-    shape = (len(band_indexes), max(1, src.height // scale), max(1, src.width // scale))
-    data = src.read(band_indexes, out_shape=shape)
-    masks = src.read_masks(band_indexes, out_shape=shape)
-    valid = np.all(masks > 0, axis=0)
-    return [band[valid] for band in data]
+def band_sample(src, band_indexes: list[int], grid: int = 8, size: int = 64) -> list[np.ndarray]:
+    """Valid values of each band from a ``grid`` x ``grid`` lattice of small windows over the raster.
+
+    Reads at most grid² x size² pixels whatever the raster's size: a decimated read
+    (``out_shape``) of a raster without overviews, such as a VRT mosaic, decodes every pixel (13 s of
+    a 67 s classify of 23 MP; minutes at 400 MP).
+    """
+    rows = np.unique(np.linspace(0, max(src.height - size, 0), grid).astype(int))
+    cols = np.unique(np.linspace(0, max(src.width - size, 0), grid).astype(int))
+    values: list[list[np.ndarray]] = [[] for _ in band_indexes]
+    for row in rows:
+        for col in cols:
+            window = Window(int(col), int(row), min(size, src.width), min(size, src.height))
+            data, valid = read_window(src, window, band_indexes)
+            for band, (d, v) in enumerate(zip(data, valid)):
+                values[band].append(d[v])
+    return [np.concatenate(v) for v in values]
 
 
 def check_raster(raster: str | Path, model: str | Path | LoadedModel) -> list[str]:

@@ -18,7 +18,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
@@ -180,15 +180,27 @@ def read_window(
     """
     try:
         data = read_padded(src, window, indexes, dtype=dtype)
-        masks = read_padded(src, window, indexes, masks=True)
+        if all(src.mask_flag_enums[i - 1] == [MaskFlags.all_valid] for i in indexes):
+            # no nodata, mask or alpha: only the part inside the raster is valid (reading the masks
+            # of such a raster decodes every block a second time)
+            valid = _inside(src, window, len(indexes))
+        else:
+            valid = read_padded(src, window, indexes, masks=True) > 0
     except RasterioError as exc:
         raise SparsecoverError(
             f"{src.name}: cannot read pixels ({_first_line(exc)}); the file may be truncated or corrupt"
         ) from None
-    valid = masks > 0
     if np.issubdtype(data.dtype, np.floating):
         valid &= np.isfinite(data)
     return data, valid
+
+
+def _inside(src, window: Window, bands: int) -> np.ndarray:
+    """(bands, h, w) True where ``window`` lies inside the raster."""
+    inside = np.zeros((bands, int(window.height), int(window.width)), dtype=bool)
+    row0, col0 = int(window.row_off), int(window.col_off)
+    inside[:, max(-row0, 0) : src.height - row0, max(-col0, 0) : src.width - col0] = True
+    return inside
 
 
 def read_padded(

@@ -189,8 +189,10 @@ class SegmentationTask(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_model(num_bands, num_classes, backbone, architecture, weights, band_names, encoder_depth)
+        # per pixel, summed by us: CUDA has no deterministic kernel for a reduced (sum/mean)
+        # cross-entropy, and training runs with torch.use_deterministic_algorithms
         self.loss = nn.CrossEntropyLoss(weight=torch.tensor(class_weights, dtype=torch.float32),
-                                        ignore_index=IGNORE_INDEX, reduction="sum")
+                                        ignore_index=IGNORE_INDEX, reduction="none")
         self.lr = lr
         self.valid_loss = MeanMetric()
         self.train_loss = MeanMetric()
@@ -203,7 +205,7 @@ class SegmentationTask(L.LightningModule):
         """Class-weighted mean cross-entropy over labelled pixels, and the total weight it averaged."""
         labelled = target != IGNORE_INDEX
         weight = self.loss.weight[target[labelled]].sum() if labelled.any() else logits.new_tensor(0.0)
-        return self.loss(logits, target) / weight.clamp_min(1e-8), weight
+        return self.loss(logits, target).sum() / weight.clamp_min(1e-8), weight
 
     def training_step(self, batch, batch_idx):
         image, target = batch
