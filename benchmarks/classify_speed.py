@@ -3,7 +3,7 @@
     python benchmarks/classify_speed.py [--big-mp 400] [--device cpu] [--skip-big]
 
 Input: the four Sentinel-2 10 m bands of ../shared/data/s2_10m stacked into a VRT and *tiled by
-repetition* (a VRT that repeats the scene; no mirror flips) to about 25 MP and to ``--big-mp`` MP, built
+repetition* (a VRT that repeats the scene; no mirror flips) to about 25 MP and to at least ``--big-mp`` MP, built
 at benchmark time. The model is a ResNet34 U-Net with random weights (speed does not depend on the
 weights), 4 bands -> 7 classes, packaged like a trained one.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -150,7 +151,7 @@ def main() -> None:
         stack = stack_bands([args.data / f"s2_B0{b}.tif" for b in (2, 3, 4, 8)], tmp / "s2.vrt")
         package = make_package(tmp, stack)
         small = repeat_vrt(stack, tmp / "small.vrt", 3, 2)
-        side = max(1, int(round((args.big_mp / 3.76) ** 0.5)))
+        side = max(1, math.ceil((args.big_mp / 3.76) ** 0.5))  # at least --big-mp
         big = repeat_vrt(stack, tmp / "big.vrt", side, side)
         shapes = [(4, 512), (1, 1024)] + ([(8, 1024)] if args.device == "cuda" else [])
 
