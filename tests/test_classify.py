@@ -226,3 +226,20 @@ def test_tiles_spread_evenly_and_stay_multiples_of_32():
         windows = core_windows(width, height, core)
         assert sum(int(w.width) * int(w.height) for w in windows) == width * height
     assert tile_shape(489, 443, 1024, 64) == (512, 448)  # one tile just big enough, not 1024 x 1024
+
+
+def test_threaded_reading_gives_the_same_map(trained, train_chips, tmp_path, monkeypatch):
+    """On a GPU tiles are read by a thread pool ahead of the model (on a CPU inline): same map,
+    nodata holes and a batch that does not divide the tile count included."""
+    import sparsecover.classify as classify_module
+
+    with rasterio.open(train_chips.parent / "classes_scene.tif") as src:
+        data = src.read()
+    data[:, :10, :] = 0
+    scene = write_raster(tmp_path / "holed.tif", data, nodata=0)
+    inline = classify_pixels(scene, trained, tmp_path / "inline.tif", tile_size=64, padding=16, batch_size=3,
+                             progress=False)
+    monkeypatch.setattr(classify_module, "_readers", lambda device: 2)
+    threaded = classify_pixels(scene, trained, tmp_path / "threaded.tif", tile_size=64, padding=16, batch_size=3,
+                               progress=False)
+    assert np.array_equal(rasterio.open(inline).read(1), rasterio.open(threaded).read(1))
