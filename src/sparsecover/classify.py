@@ -160,8 +160,8 @@ def read_tile(src, window: Window, tile: tuple[int, int], padding: int, band_ind
               fill: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The raw float32 tile (bands, h, w) around one core window, and its valid pixels (h, w).
 
-    Invalid band values get ``fill`` (the band means, 0 after normalisation): done here, in the
-    reading threads, to keep the model's thread free for the model.
+    Invalid band values get ``fill`` (the band means, 0 after normalisation): done at read time,
+    which on a GPU is in the reading threads, keeping the model's thread free for the model.
     """
     data, band_valid = read_window(src, Window(window.col_off - padding, window.row_off - padding, *tile),
                                    band_indexes, dtype="float32")
