@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from sparsecover.classify import MULTIPLE, classify_pixels, tile_shape
+from sparsecover.classify import MULTIPLE, classify_pixels, plan_blocks
 
 
 def mirrored(scene: Path, times: int, out: Path) -> Path:
@@ -49,8 +49,8 @@ def main() -> None:
         big = mirrored(args.scene, args.mirror, tmp / "mirrored.tif")
         with rasterio.open(big) as src:
             width, height = src.width, src.height
-        single = math.ceil((max(width, height) + 64) / MULTIPLE) * MULTIPLE
-        one = rasterio.open(classify_pixels(big, args.model, tmp / "one.tif", tile_size=single, padding=32,
+        single = math.ceil(max(width, height) / MULTIPLE) * MULTIPLE
+        one = rasterio.open(classify_pixels(big, args.model, tmp / "one.tif", tile_size=single, padding=0,
                                             progress=False)).read(1)
         valid = one > 0
         print(f"classify_seams: {args.scene.name} mirrored {args.mirror} x {args.mirror} = {width} x {height} px "
@@ -58,9 +58,9 @@ def main() -> None:
         print(f"{'tile:padding':<14}{'tiles':>8}{'computed/output px':>20}{'agreement':>11}")
         for setting in args.settings:
             tile, padding = map(int, setting.split(":"))
-            core = tile_shape(width, height, tile, padding)
-            grid = (math.ceil(width / core[0]), math.ceil(height / core[1]))
-            computed = grid[0] * grid[1] * (core[0] + 2 * padding) * (core[1] + 2 * padding) / (width * height)
+            blocks = plan_blocks(width, height, tile, padding)
+            grid = (len({b.tile.col_off for b in blocks}), len({b.tile.row_off for b in blocks}))
+            computed = sum(b.tile.width * b.tile.height for b in blocks) / (width * height)
             tiled = rasterio.open(classify_pixels(big, args.model, tmp / f"{tile}_{padding}.tif", tile_size=tile,
                                                   padding=padding, progress=False)).read(1)
             agreement = float((tiled[valid] == one[valid]).mean())

@@ -8,9 +8,10 @@ at benchmark time. The model is a ResNet34 U-Net with random weights (speed does
 weights), 4 bands -> 7 classes, packaged like a trained one.
 
 Rows: bare forward pass of the network (MP/s) for a few tile shapes, the best of which is the
-ceiling classify is compared with (measured before and after each compared classify run, and
-averaged: this machine's speed drifts); classify at default settings (torch and onnxruntime
-engines); classify with --tta; peak RSS of classify at ~25 MP and at the big size, each in its own
+ceiling classify is compared with (measured before the first and after each of ``--rounds``
+classify runs; the ratio is of the medians: this machine's speed drifts by 10-50 %); classify at default settings (torch and onnxruntime
+engines); classify with --tta; the pipeline alone (the network replaced by a no-op: reading,
+writing and the COG conversion, the ceiling for a fast GPU); peak RSS of classify at ~25 MP and at the big size, each in its own
 process. Ratios: classify / bare forward, onnx / torch, tta / plain, RSS big / small. Options:
 ``--tile-size``, ``--padding``, ``--batch-size`` to compare settings, ``--device cuda``, ``--data``.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -113,14 +115,22 @@ def bare_forward(package: Path, device: str, batch: int, size: int, tiles: int =
     return steps * batch * size * size / 1e6 / (time.perf_counter() - start)
 
 
-def run_classify(raster: Path, package: Path, out: Path, extra: list[str]) -> tuple[float, float, float]:
+# The network replaced by a no-op (class 0 everywhere): what reading, cropping, writing and the COG
+# conversion sustain by themselves, i.e. the most classify could reach with an infinitely fast model.
+NO_NETWORK = ("import numpy as np; from sparsecover.classify import Predictor;"
+              "Predictor._forward = lambda self, b: np.zeros((len(b),) + b.shape[2:], np.uint8);")
+
+
+def run_classify(raster: Path, package: Path, out: Path, extra: list[str],
+                 no_network: bool = False) -> tuple[float, float, float]:
     """(seconds, megapixels, peak RSS in MB) of one classify in its own process."""
     import rasterio
 
     with rasterio.open(raster) as src:
         mp = src.width * src.height / 1e6
     code = (
-        "import resource, sys, time; from sparsecover.classify import classify_pixels; t = time.perf_counter();"
+        (NO_NETWORK if no_network else "")
+        + "import resource, sys, time; from sparsecover.classify import classify_pixels; t = time.perf_counter();"
         f"classify_pixels({str(raster)!r}, {str(package)!r}, {str(out)!r}, overwrite=True, progress=False, **{extra!r}[0]);"
         "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
     )
@@ -134,6 +144,8 @@ def main() -> None:
     parser.add_argument("--big-mp", type=float, default=400)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-big", action="store_true", help="Skip the big raster (its RSS row).")
+    parser.add_argument("--rounds", type=int, default=3, help="classify runs on the ~25 MP raster, each followed "
+                        "by the bare pass (ratio of the medians: this machine's speed drifts)")
     parser.add_argument("--data", type=Path, default=SHARED, help="folder with s2_B02/03/04/08.tif")
     parser.add_argument("--tile-size", type=int, default=None, help="classify setting (default: classify's)")
     parser.add_argument("--padding", type=int, default=None, help="classify setting (default: classify's)")
@@ -156,7 +168,7 @@ def main() -> None:
         shapes = [(4, 512), (1, 1024)] + ([(8, 1024)] if args.device == "cuda" else [])
 
         def bare_now() -> float:
-            """The network's best shape here, measured now (this machine's speed drifts by 10-20 %)."""
+            """The network's best shape here, measured now (this machine's speed drifts by 10-50 %)."""
             return max(bare_forward(package, args.device, batch, size, tiles=16 if args.device == "cuda" else 4)
                        for batch, size in shapes)
 
@@ -164,19 +176,24 @@ def main() -> None:
         for batch, size in shapes:
             rate = bare_forward(package, args.device, batch, size, tiles=16 if args.device == "cuda" else 4)
             rows.append((f"bare forward, {batch} x {size} px", rate, "", ""))
-        before = max(r[1] for r in rows)
-        t, mp, rss_small = run_classify(small, package, tmp / "a.tif", [plain])
-        after = bare_now()
-        rows.append(("bare forward again, best shape", after, f"{after / before:.3f} of the first", ""))
-        bare = (before + after) / 2  # the ceiling, measured on both sides of the classify run
-        torch_rate = mp / t
-        rows.append((f"classify torch ({mp:.1f} MP)", torch_rate, f"{torch_rate / bare:.3f} of bare (mean of both)",
-                     f"{rss_small:.0f}"))
+        bares = [max(r[1] for r in rows)]
+        rates, rss_small = [], 0.0
+        for _ in range(args.rounds):  # classify, then the bare pass again: the ratio of the medians
+            t, mp, rss = run_classify(small, package, tmp / "a.tif", [plain])
+            rates.append(mp / t)
+            rss_small = max(rss_small, rss)
+            rows.append((f"classify torch ({mp:.1f} MP)", mp / t, "", f"{rss:.0f}"))
+            bares.append(bare_now())
+            rows.append(("bare forward again, best shape", bares[-1], f"{bares[-1] / bares[0]:.3f} of the first", ""))
+        bare, torch_rate = statistics.median(bares), statistics.median(rates)
+        rows.append(("classify torch / bare (medians)", torch_rate, f"{torch_rate / bare:.3f} of bare", ""))
         t, mp, _ = run_classify(small, package, tmp / "b.tif", [{**plain, "engine": "onnx"}])
         rows.append((f"classify onnxruntime ({mp:.1f} MP)", mp / t, f"{mp / t / torch_rate:.3f} of torch", ""))
         t, mp, _ = run_classify(stack, package, tmp / "c.tif", [{**plain, "tta": True}])
         t0, mp0, _ = run_classify(stack, package, tmp / "d.tif", [plain])
         rows.append((f"classify --tta ({mp:.1f} MP)", mp / t, f"{(mp / t) / (mp0 / t0):.3f} of plain", ""))
+        t, mp, _ = run_classify(small, package, tmp / "f.tif", [plain], no_network=True)
+        rows.append((f"pipeline alone, no network ({mp:.1f} MP)", mp / t, f"{mp / t / bare:.1f} x bare", ""))
         if not args.skip_big:
             before = bare_now()
             t, mp, rss_big = run_classify(big, package, tmp / "e.tif", [plain])

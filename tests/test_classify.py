@@ -211,21 +211,36 @@ def test_full_disk_gives_one_line_and_leaves_nothing(trained, tmp_path):
     assert list(out_dir.iterdir()) == []
 
 
-def test_tiles_spread_evenly_and_stay_multiples_of_32():
-    from sparsecover.classify import MULTIPLE, core_windows, tile_shape
+def test_blocks_cover_the_raster_once_with_padding_context_inside_it():
+    from sparsecover.classify import MULTIPLE, plan_blocks
 
-    for width, height, tile, padding in [(5799, 3894, 1024, 64), (489, 443, 1024, 64), (10, 2000, 512, 96),
-                                         (4096, 4096, 1024, 64)]:
-        core = tile_shape(width, height, tile, padding)
-        for axis, length in ((0, width), (1, height)):
-            span = core[axis] + 2 * padding
-            assert span % MULTIPLE == 0 and span <= tile
-            count = -(-length // core[axis])
-            assert count == -(-length // (tile - 2 * padding))  # no more tiles than fixed cores would need
-            assert count * core[axis] - length < count * MULTIPLE  # waste: under 32 px per tile
-        windows = core_windows(width, height, core)
-        assert sum(int(w.width) * int(w.height) for w in windows) == width * height
-    assert tile_shape(489, 443, 1024, 64) == (512, 448)  # one tile just big enough, not 1024 x 1024
+    rng = np.random.default_rng(0)
+    cases = [(5799, 3894, 1024, 32), (489, 443, 1024, 64), (10, 2000, 512, 96), (4096, 4096, 1024, 64),
+             (1025, 1100, 1024, 32), (3000, 700, 256, 0)]
+    cases += [(int(rng.integers(1, 5000)), int(rng.integers(1, 5000)), 32 * int(rng.integers(4, 40)),
+               int(rng.integers(0, 64))) for _ in range(40)]
+    for width, height, tile_size, padding in cases:
+        if tile_size < 2 * padding + MULTIPLE:
+            continue
+        blocks = plan_blocks(width, height, tile_size, padding)
+        covered = np.zeros((height, width), np.uint8)
+        for block in blocks:
+            core, tile = block.core, block.tile
+            covered[int(core.row_off) : int(core.row_off + core.height),
+                    int(core.col_off) : int(core.col_off + core.width)] += 1
+            assert (tile.width, tile.height) == (blocks[0].tile.width, blocks[0].tile.height)  # one batch shape
+            for start, size, core_start, core_size, length in ((tile.col_off, tile.width, core.col_off, core.width, width),
+                                                              (tile.row_off, tile.height, core.row_off, core.height, height)):
+                assert size % MULTIPLE == 0 and size <= tile_size and start % MULTIPLE == 0  # aligned: see axis_layout
+                assert 0 <= start and start + size < length + MULTIPLE  # no fill computed for nothing
+                assert core_start - start >= padding or core_start == 0  # context before the core ...
+                assert start + size - (core_start + core_size) >= padding or core_start + core_size == length  # after
+        assert (covered == 1).all(), (width, height, tile_size, padding)
+    # the 5799 x 3894 px benchmark scene: 6 x 4 tiles of 1024 px (fixed 960 px cores would need 7 x 5)
+    blocks = plan_blocks(5799, 3894, 1024, 32)
+    assert len(blocks) == 24 and blocks[0].tile.width == blocks[0].tile.height == 1024
+    only = plan_blocks(489, 443, 1024, 64)  # one tile just big enough, not 1024 x 1024
+    assert len(only) == 1 and (only[0].tile.width, only[0].tile.height) == (512, 448)
 
 
 def test_threaded_reading_gives_the_same_map(trained, train_chips, tmp_path, monkeypatch):

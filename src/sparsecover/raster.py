@@ -100,7 +100,7 @@ def _json_number(value: float | None) -> float | int | str | None:
     return int(value) if float(value).is_integer() else float(value)
 
 
-def parse_nodata(value: float | int | str | None) -> float | None:
+def parse_nodata(value: float | str | None) -> float | None:
     """Inverse of the JSON encoding used for nodata values."""
     if value is None:
         return None
@@ -190,8 +190,8 @@ def read_window(
         raise SparsecoverError(
             f"{src.name}: cannot read pixels ({_first_line(exc)}); the file may be truncated or corrupt"
         ) from None
-    if np.issubdtype(data.dtype, np.floating):
-        valid &= np.isfinite(data)
+    if any(np.issubdtype(np.dtype(src.dtypes[i - 1]), np.floating) for i in indexes):
+        valid &= np.isfinite(data)  # integer bands read as float cannot be NaN: skip the pass
     return data, valid
 
 
