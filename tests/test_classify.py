@@ -258,3 +258,34 @@ def test_threaded_reading_gives_the_same_map(trained, train_chips, tmp_path, mon
     threaded = classify_pixels(scene, trained, tmp_path / "threaded.tif", tile_size=64, padding=16, batch_size=3,
                                progress=False)
     assert np.array_equal(rasterio.open(inline).read(1), rasterio.open(threaded).read(1))
+
+
+def test_a_batch_out_of_gpu_memory_is_split_in_halves(trained, train_chips, tmp_path, monkeypatch):
+    """The CUDA batch size is a guess: a batch that runs out of memory is split and the map is the
+    same; a single tile that does not fit is one clear error. (No GPU here: the forward pass raises
+    torch's own OutOfMemoryError for batches over 1 tile.)"""
+    import torch
+
+    from sparsecover.classify import Predictor
+
+    scene = train_chips.parent / "classes_scene.tif"
+    whole = classify_pixels(scene, trained, tmp_path / "whole.tif", tile_size=64, padding=16, batch_size=4,
+                            progress=False)
+    forward, sizes = Predictor._torch_forward, []
+
+    def small_memory(self, batch, fits: int = 1):
+        sizes.append(len(batch))
+        if len(batch) > fits:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(self, batch)
+
+    monkeypatch.setattr(Predictor, "_torch_forward", small_memory)
+    split = classify_pixels(scene, trained, tmp_path / "split.tif", tile_size=64, padding=16, batch_size=4,
+                            progress=False)
+    assert 4 in sizes and 2 in sizes and 1 in sizes
+    assert np.array_equal(rasterio.open(whole).read(1), rasterio.open(split).read(1))
+
+    monkeypatch.setattr(Predictor, "_torch_forward", lambda self, batch: small_memory(self, batch, fits=0))
+    with pytest.raises(SparsecoverError, match="ran out of memory on a single tile; pass a smaller --tile-size"):
+        classify_pixels(scene, trained, tmp_path / "none.tif", tile_size=64, padding=16, batch_size=1, progress=False)
+    assert not (tmp_path / "none.tif").exists()

@@ -23,6 +23,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -33,7 +34,8 @@ import rasterio
 import rasterio.shutil
 import torch
 from rasterio import features
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
 from .errors import SparsecoverError
@@ -307,6 +309,22 @@ def _dask_task(raster: str, model: str, device: str, engine: str, tta: bool, cla
     return predict_blocks(raster, predictor, blocks, band_indexes)
 
 
+@functools.cache
+def _partial_codec() -> dict:
+    """Compression of the partial files. They are temporary and read once, by the COG conversion:
+    ZSTD level 1 compresses 6x faster than DEFLATE (0.05 s vs 0.33 s for a 22.6 MP class map, one
+    core), which a GPU run feels; DEFLATE where this GDAL has no ZSTD."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with MemoryFile() as memory, memory.open(driver="GTiff", width=1, height=1, count=1, dtype="uint8",
+                                                     compress="zstd"):
+                pass
+        return {"compress": "zstd", "zstd_level": 1}
+    except RasterioError:
+        return {"compress": "deflate"}
+
+
 class _Outputs:
     """The partial output files and the resume record; turned into COGs by :meth:`finish`."""
 
@@ -326,7 +344,7 @@ class _Outputs:
         self.checkpointed, self.checkpoint_cost = time.monotonic(), 0.0
         base = {"driver": "GTiff", "width": source.width, "height": source.height, "crs": source.crs,
                 "transform": source.transform, "tiled": True, "blockxsize": 512, "blockysize": 512,
-                "compress": "deflate", "bigtiff": "IF_SAFER"}
+                "bigtiff": "IF_SAFER", **_partial_codec()}
         profiles = {
             "classes": {**base, "count": 1, "dtype": "uint8", "nodata": 0},
             "confidence": {**base, "count": 1, "dtype": "float32", "nodata": 0},
