@@ -247,7 +247,7 @@ def evaluate_run(run: str | Path, out: str | Path | None = None) -> dict:
     if run.is_file():
         from .package import read_package
 
-        summary = (read_package(run)[0].get("training") or {}).get("validation_metrics")
+        summary = (read_package(run, wanted=())[0].get("training") or {}).get("validation_metrics")
     else:
         path = run / "metrics.json"
         summary = json.loads(path.read_text()) if path.exists() else None
