@@ -24,8 +24,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 def main(demo: Path, out: Path) -> None:
     with rasterio.open(demo / "scene.vrt") as src:
         image = src.read()
-        valid = np.all(src.read_masks() > 0, axis=0)
         names = list(src.descriptions)
+        # where the shown bands are valid: swir2's smaller footprint is imputed by classify, not dropped
+        valid = np.all(src.read_masks()[display_bands(names)] > 0, axis=0)
         polygons = gpd.read_file(demo_data() / "landsat96_polygons.gpkg").to_crs(src.crs)
         labels = features.rasterize(zip(polygons.geometry, polygons["id"]), out_shape=valid.shape,
                                     transform=src.transform, all_touched=True, dtype="uint8")
