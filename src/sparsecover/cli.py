@@ -189,8 +189,9 @@ def lr_find(chips, out, **kw) -> None:
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Classified GeoTIFF (COG) to write; with several rasters, a folder for one <name>.tif each.")
 @click.option("--tile-size", default=1024, show_default=True,
-              help="Largest input tile side (multiple of 32); tiles are sized to spread evenly over the raster.")
-@click.option("--padding", default=32, show_default=True, help="Context pixels around each tile's kept core.")
+              help="Largest input tile side (multiple of 32); tiles are sized per raster to compute the fewest pixels.")
+@click.option("--padding", default=32, show_default=True,
+              help="Least context (pixels) around each tile's kept core, inside the raster.")
 @click.option("--batch-size", type=int, default=None,
               help="Tiles per forward pass [default: 1 on CPU, 8 on CUDA, halved if the GPU runs out of memory].")
 @click.option("--tta", is_flag=True, help="Average the 8 flips/rotations (8x slower).")
