@@ -4,10 +4,10 @@ or a Dask cluster.
 Each output block (the "core") is predicted from an input tile that reaches at least ``padding``
 pixels past it on every side inside the raster (see :func:`axis_layout`), and only the core is kept:
 every output pixel comes from exactly one tile with at least ``padding`` pixels of context, so tiles
-leave no seams and blocks are independent. That makes
-a block the unit of everything else: a Dask task (each worker loads the model once), a resume point
-(finished blocks are recorded beside the partial output), and a bounded amount of memory (nothing of
-scene size is allocated; GDAL's cache is capped).
+leave no seams and blocks are independent. That makes a block the unit of everything else: a Dask
+task (each worker loads the model once), a resume point (finished blocks are recorded beside the
+partial output), and a bounded amount of memory (nothing of scene size is allocated; GDAL's cache
+is capped).
 
 Outputs: uint8 class values as the user defined them, 0 = nodata (input nodata, outside ``aoi``),
 colour table and class names embedded, overviews (mode); optional confidence (top-class
