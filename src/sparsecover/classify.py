@@ -122,7 +122,7 @@ def _device(name: str) -> torch.device:
 class Predictor:
     """Raw tiles (N, bands, T, T) -> class probabilities (N, K, T, T), by PyTorch or ONNX Runtime.
 
-    Its input comes from :func:`read_tiles`, which gives invalid band values the band's
+    Its input comes from :func:`read_tile`, which gives invalid band values the band's
     normalisation mean (``fill``), i.e. 0 after normalisation, for both engines, so the two agree
     (and agree with training, see ``Normalisation.apply``). ``tta`` averages the 8 flips/rotations.
     On CUDA a batch that runs out of memory is split in halves.
@@ -135,7 +135,7 @@ class Predictor:
         self.loaded, self.device, self.engine, self.tta = loaded, device, engine, tta
         # only the class map is wanted: (N, T, T) class indices, no softmax or K x T x T copies back
         self.classes_only = classes_only and engine == "torch" and not tta
-        self.fill = np.asarray(loaded.normalisation.mean, dtype=np.float32)  # for read_tiles
+        self.fill = np.asarray(loaded.normalisation.mean, dtype=np.float32)  # for read_tile
         if engine == "onnx":
             from .package import onnx_bytes, onnx_session
 
@@ -171,7 +171,7 @@ class Predictor:
             return self.module(x).cpu().numpy()
 
     def __call__(self, raws: np.ndarray) -> np.ndarray:
-        """Class probabilities (or class indices, see ``classes_only``) of tiles from :func:`read_tiles`."""
+        """Class probabilities (or class indices, see ``classes_only``) of tiles from :func:`read_tile`."""
         if not self.tta:
             return self._forward(raws)
         total = None
@@ -198,18 +198,6 @@ def read_tile(src, tile: Window, band_indexes: list[int], fill: np.ndarray) -> t
     return data, band_valid.any(0)
 
 
-def read_tiles(raster: str, blocks: list[Block], band_indexes: list[int],
-               fill: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`read_tile` for a batch of blocks: (N, bands, h, w) tiles and (N, h, w) valid pixels."""
-    with gdal_env(), rasterio.open(raster) as src:
-        return stack_tiles([read_tile(src, b.tile, band_indexes, fill) for b in blocks])
-
-
-def stack_tiles(tiles: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """A batch from :func:`read_tile` results: (N, bands, h, w) tiles and (N, h, w) valid pixels."""
-    return np.stack([t[0] for t in tiles]), np.stack([t[1] for t in tiles])
-
-
 def crop_cores(blocks: list[Block], probs: np.ndarray,
                valids: np.ndarray) -> list[tuple[Window, np.ndarray, np.ndarray]]:
     """Each block's core of the predicted tiles: (core window, probabilities or classes, valid pixels)."""
@@ -222,11 +210,19 @@ def crop_cores(blocks: list[Block], probs: np.ndarray,
     return results
 
 
+def predict_tiles(predictor: Predictor, blocks: list[Block],
+                  tiles: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[Window, np.ndarray, np.ndarray]]:
+    """One batch of :func:`read_tile` results predicted: each block's (core, probabilities or classes, valid)."""
+    raws, valids = np.stack([t[0] for t in tiles]), np.stack([t[1] for t in tiles])
+    return crop_cores(blocks, predictor(raws), valids)
+
+
 def predict_blocks(raster: str, predictor: Predictor, blocks: list[Block],
                    band_indexes: list[int]) -> list[tuple[Window, np.ndarray, np.ndarray]]:
-    """Probabilities and validity of each block's core (one batch, read then predicted)."""
-    raws, valids = read_tiles(raster, blocks, band_indexes, predictor.fill)
-    return crop_cores(blocks, predictor(raws), valids)
+    """One batch read (opening the raster: a Dask task has no dataset of its own) and predicted."""
+    with gdal_env(), rasterio.open(raster) as src:
+        tiles = [read_tile(src, b.tile, band_indexes, predictor.fill) for b in blocks]
+    return predict_tiles(predictor, blocks, tiles)
 
 
 def _readers(device: torch.device) -> int:
@@ -270,14 +266,10 @@ def _local_results(raster: str, predictor: Predictor, batches: list[list[Block]]
         with gdal_env():
             return read_tile(datasets.get(), block.tile, band_indexes, predictor.fill)
 
-    def predicted(batch: list[Block], tiles: list[tuple[np.ndarray, np.ndarray]]):
-        raws, valids = stack_tiles(tiles)
-        return crop_cores(batch, predictor(raws), valids)
-
     try:
         if not readers:
             for batch in batches:
-                yield predicted(batch, [read_one(b) for b in batch])
+                yield predict_tiles(predictor, batch, [read_one(b) for b in batch])
             return
         blocks = [b for batch in batches for b in batch]
         ahead = readers + len(batches[0]) if batches else 0
@@ -291,7 +283,7 @@ def _local_results(raster: str, predictor: Predictor, batches: list[list[Block]]
                     if queued < len(blocks):
                         reads.append(pool.submit(read_one, blocks[queued]))
                         queued += 1
-                yield predicted(batch, tiles)
+                yield predict_tiles(predictor, batch, tiles)
     finally:
         datasets.close()
 

@@ -17,7 +17,6 @@ from .model import build_model
 from .raster import RasterSource, describe, gdal_env, open_raster, read_window
 
 
-
 @dataclass
 class LoadedModel:
     """A trained network with everything inference needs from model.json."""
