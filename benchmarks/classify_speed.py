@@ -10,8 +10,8 @@ weights), 4 bands -> 7 classes, packaged like a trained one.
 Rows: bare forward pass of the network (MP/s) for a few tile shapes, the best of which is the
 ceiling classify is compared with (measured before the first and after each of ``--rounds``
 classify runs; the ratio is of the medians: this machine's speed drifts by 10-50 %); classify at default settings (torch and onnxruntime
-engines); classify with --tta; the pipeline alone (the network replaced by a no-op: reading,
-writing and the COG conversion, the ceiling for a fast GPU); peak RSS of classify at ~25 MP and at the big size, each in its own
+engines); classify with --tta; the pipeline alone at both sizes (the network replaced by a near-free
+stand-in: reading, writing and the COG conversion, the ceiling for a fast GPU); peak RSS of classify at ~25 MP and at the big size, each in its own
 process. Ratios: classify / bare forward, onnx / torch, tta / plain, RSS big / small. Options:
 ``--tile-size``, ``--padding``, ``--batch-size`` to compare settings, ``--device cuda``, ``--data``.
 """
@@ -115,11 +115,18 @@ def bare_forward(package: Path, device: str, batch: int, size: int, tiles: int =
     return steps * batch * size * size / 1e6 / (time.perf_counter() - start)
 
 
-# The network replaced by a stand-in that costs almost nothing (class = the brightest band, so the
-# map has a real scene's texture for the compression): what reading, cropping, writing and the COG
-# conversion sustain by themselves, i.e. the most classify could reach with an infinitely fast model.
-NO_NETWORK = ("import numpy as np; from sparsecover.classify import Predictor;"
-              "Predictor._forward = lambda self, b: b.argmax(1).astype(np.uint8);")
+def no_network(predictor, x: torch.Tensor) -> np.ndarray:
+    """A stand-in for ``Predictor._forward`` that costs almost nothing: class = the brightest band
+    (so the map has a real scene's texture for the compression). With it, classify measures what
+    reading, writing and the COG conversion sustain by themselves, i.e. the most it could reach
+    with an infinitely fast model."""
+    if x.is_cuda:
+        return predictor.values[x.argmax(1)].cpu().numpy()
+    return predictor.values.numpy()[x.numpy().argmax(1)]  # numpy's argmax over channels is faster here
+
+
+NO_NETWORK = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import classify_speed;"
+              "from sparsecover.classify import Predictor; Predictor._forward = classify_speed.no_network;")
 
 
 def run_classify(raster: Path, package: Path, out: Path, extra: list[str],
@@ -159,6 +166,18 @@ def main() -> None:
     settings = {k: v for k, v in (("tile_size", args.tile_size), ("padding", args.padding),
                                   ("batch_size", args.batch_size)) if v is not None}
     plain = {"device": args.device, **settings}
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    shown = ", ".join(f"{k} {v}" for k, v in settings.items()) or "classify defaults"
+    print(f"classify_speed: Sentinel-2 4-band uint16 scene (s2_10m) repeated by VRT tiling; ResNet34 U-Net, "
+          f"random weights; {shown}; {device}")
+    print(f"{'run':<36}{'MP/s':>8}  {'ratio':<40}{'peak RSS MB':>12}", flush=True)
+    rows = []
+
+    def row(name: str, rate: float, ratio: str = "", rss: str = "") -> None:
+        """Printed as soon as measured: a run cut short still leaves its numbers."""
+        rows.append((name, rate))
+        print(f"{name:<36}{rate:>8.2f}  {ratio:<40}{rss:>12}", flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         stack = stack_bands([args.data / f"s2_B0{b}.tif" for b in (2, 3, 4, 8)], tmp / "s2.vrt")
@@ -173,41 +192,35 @@ def main() -> None:
             return max(bare_forward(package, args.device, batch, size, tiles=16 if args.device == "cuda" else 4)
                        for batch, size in shapes)
 
-        rows = []
         for batch, size in shapes:
             rate = bare_forward(package, args.device, batch, size, tiles=16 if args.device == "cuda" else 4)
-            rows.append((f"bare forward, {batch} x {size} px", rate, "", ""))
-        bares = [max(r[1] for r in rows)]
+            row(f"bare forward, {batch} x {size} px", rate)
+        bares = [max(rate for _, rate in rows)]
         rates, rss_small = [], 0.0
         for _ in range(args.rounds):  # classify, then the bare pass again: the ratio of the medians
             t, mp, rss = run_classify(small, package, tmp / "a.tif", [plain])
             rates.append(mp / t)
             rss_small = max(rss_small, rss)
-            rows.append((f"classify torch ({mp:.1f} MP)", mp / t, "", f"{rss:.0f}"))
+            row(f"classify torch ({mp:.1f} MP)", mp / t, rss=f"{rss:.0f}")
             bares.append(bare_now())
-            rows.append(("bare forward again, best shape", bares[-1], f"{bares[-1] / bares[0]:.3f} of the first", ""))
+            row("bare forward again, best shape", bares[-1], f"{bares[-1] / bares[0]:.3f} of the first")
         bare, torch_rate = statistics.median(bares), statistics.median(rates)
-        rows.append(("classify torch / bare (medians)", torch_rate, f"{torch_rate / bare:.3f} of bare", ""))
+        row("classify torch / bare (medians)", torch_rate, f"{torch_rate / bare:.3f} of bare")
         t, mp, _ = run_classify(small, package, tmp / "b.tif", [{**plain, "engine": "onnx"}])
-        rows.append((f"classify onnxruntime ({mp:.1f} MP)", mp / t, f"{mp / t / torch_rate:.3f} of torch", ""))
+        row(f"classify onnxruntime ({mp:.1f} MP)", mp / t, f"{mp / t / torch_rate:.3f} of torch")
         t, mp, _ = run_classify(stack, package, tmp / "c.tif", [{**plain, "tta": True}])
         t0, mp0, _ = run_classify(stack, package, tmp / "d.tif", [plain])
-        rows.append((f"classify --tta ({mp:.1f} MP)", mp / t, f"{(mp / t) / (mp0 / t0):.3f} of plain", ""))
+        row(f"classify --tta ({mp:.1f} MP)", mp / t, f"{(mp / t) / (mp0 / t0):.3f} of plain")
         t, mp, _ = run_classify(small, package, tmp / "f.tif", [plain], no_network=True)
-        rows.append((f"pipeline alone, no network ({mp:.1f} MP)", mp / t, f"{mp / t / bare:.1f} x bare", ""))
+        row(f"pipeline alone, no network ({mp:.1f} MP)", mp / t, f"{mp / t / bare:.3f} of bare")
         if not args.skip_big:
             before = bare_now()
             t, mp, rss_big = run_classify(big, package, tmp / "e.tif", [plain])
             bare = (before + bare_now()) / 2
-            rows.append((f"classify torch ({mp:.0f} MP)", mp / t,
-                         f"{mp / t / bare:.3f} of bare; RSS {rss_big / rss_small:.3f} of small", f"{rss_big:.0f}"))
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    shown = ", ".join(f"{k} {v}" for k, v in settings.items()) or "classify defaults"
-    print(f"classify_speed: Sentinel-2 4-band uint16 scene (s2_10m) repeated by VRT tiling; ResNet34 U-Net, "
-          f"random weights; {shown}; {device}")
-    print(f"{'run':<36}{'MP/s':>8}  {'ratio':<40}{'peak RSS MB':>12}")
-    for name, rate, ratio, rss in rows:
-        print(f"{name:<36}{rate:>8.2f}  {ratio:<40}{rss:>12}", flush=True)
+            row(f"classify torch ({mp:.0f} MP)", mp / t, f"{mp / t / bare:.3f} of bare; RSS {rss_big / rss_small:.3f} of small",
+                f"{rss_big:.0f}")
+            t, mp, _ = run_classify(big, package, tmp / "g.tif", [plain], no_network=True)
+            row(f"pipeline alone, no network ({mp:.0f} MP)", mp / t, f"{mp / t / bare:.3f} of bare")
 
 
 if __name__ == "__main__":

@@ -122,11 +122,12 @@ def test_resume_after_sigkill_gives_the_uninterrupted_result(trained, train_chip
         data = src.read()
     big = write_raster(tmp_path / "big.tif", np.tile(data, (1, 4, 4)), nodata=0)  # 512 x 512
     package = str(trained / "model.sparsecover")
+    # batches of 3 are written as strips of 3 cores, resumed core by core; the reference tile by tile
     reference = classify_pixels(big, package, tmp_path / "ref.tif", tile_size=64, padding=16, batch_size=1,
                                 progress=False)
     out = tmp_path / "map.tif"
     cmd = [sys.executable, "-m", "sparsecover.cli", "classify", str(big), package, "--out", str(out),
-           "--tile-size", "64", "--padding", "16", "--batch-size", "1", "-q", "--device", "cpu"]
+           "--tile-size", "64", "--padding", "16", "--batch-size", "3", "-q", "--device", "cpu"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     state = tmp_path / ".map.tif.state.json"
     deadline = time.time() + 120
@@ -245,14 +246,15 @@ def test_blocks_cover_the_raster_once_with_padding_context_inside_it():
 
 def test_threaded_reading_gives_the_same_map(trained, train_chips, tmp_path, monkeypatch):
     """On a GPU tiles are read by a thread pool ahead of the model (on a CPU inline): same map,
-    nodata holes and a batch that does not divide the tile count included."""
+    nodata holes and a batch that does not divide the tile count included; and the same map
+    whether cores are written one by one or joined into strips (batch size 1 vs 3)."""
     import sparsecover.classify as classify_module
 
     with rasterio.open(train_chips.parent / "classes_scene.tif") as src:
         data = src.read()
     data[:, :10, :] = 0
     scene = write_raster(tmp_path / "holed.tif", data, nodata=0)
-    inline = classify_pixels(scene, trained, tmp_path / "inline.tif", tile_size=64, padding=16, batch_size=3,
+    inline = classify_pixels(scene, trained, tmp_path / "inline.tif", tile_size=64, padding=16, batch_size=1,
                              progress=False)
     monkeypatch.setattr(classify_module, "_readers", lambda device: 2)
     threaded = classify_pixels(scene, trained, tmp_path / "threaded.tif", tile_size=64, padding=16, batch_size=3,

@@ -1,0 +1,139 @@
+"""Where the wall time of one `sparsecover classify` goes, by stage and thread, printed as tables.
+
+    python benchmarks/classify_breakdown.py [--device cuda] [--mp 376] [--geotiff] [--data DIR]
+
+On a fast GPU the network is a small part of classify's time (an H200 runs the bare ResNet34
+U-Net at ~350 MP/s); this shows which host-side stage holds it back. Input: the Sentinel-2 scene of
+``--data`` repeated by a VRT to about ``--mp`` megapixels (see classify_speed.py) or, with
+``--geotiff``, that VRT written out as one DEFLATE GeoTIFF first (a real file to decode, as users
+have; the VRT repeats one file, whose blocks GDAL's cache then serves). Two runs: classify at
+default settings, and the pipeline alone (the network replaced by a near-free stand-in).
+
+Stages are timed by wrapping classify's own functions; times of the reading threads are summed
+over threads (so they can exceed the wall time), the others are wall time in their thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import math
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+
+import classify_speed
+import rasterio
+import rasterio.shutil
+import torch
+
+from sparsecover import classify
+from sparsecover.raster import gdal_env
+from sparsecover.stack import stack_bands
+
+STAGES = {  # classify's function -> label
+    "read_tile": "read tiles (reading threads, summed)",
+    "Predictor.batch": "copy batch to the device (main)",
+    "Predictor._forward": "forward + argmax + copy back (main)",
+    "_Outputs.write": "write strips (writer thread)",
+    "_Outputs._checkpoint": "  of which checkpoints",
+    "_Outputs.finish": "COG conversion (main, at the end)",
+    "load_model": "load model (main)",
+    "check_raster": "check data contract (main)",
+}
+
+
+class Timer:
+    """Wraps functions of the classify module and sums their wall time per label, thread-safely."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = collections.defaultdict(float)
+        self.calls: collections.Counter = collections.Counter()
+        self.lock = threading.Lock()
+
+    def add(self, label: str, seconds: float) -> None:
+        with self.lock:
+            self.seconds[label] += seconds
+            self.calls[label] += 1
+
+    def wrap(self, label: str, function, cuda: bool = False):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            result = function(*args, **kwargs)
+            if cuda:  # the copy is asynchronous: count it where it is done
+                torch.cuda.synchronize()
+            self.add(label, time.perf_counter() - start)
+            return result
+
+        return timed
+
+    def install(self, device: str) -> None:
+        for name, label in STAGES.items():
+            owner, _, attribute = name.rpartition(".")
+            target = getattr(classify, owner) if owner else classify
+            setattr(target, attribute, self.wrap(label, getattr(target, attribute),
+                                                 cuda=name == "Predictor.batch" and device == "cuda"))
+        result = Future.result
+        timer = self
+
+        def waited(future, *args, **kwargs):  # the main thread waiting for a read or for the writer
+            start = time.perf_counter()
+            value = result(future, *args, **kwargs)
+            what = "reads" if isinstance(value, classify.RawTile) else "the writer"
+            timer.add(f"wait for {what} (main)", time.perf_counter() - start)
+            return value
+
+        Future.result = waited
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--mp", type=float, default=376, help="size of the input in megapixels")
+    parser.add_argument("--geotiff", action="store_true", help="write the repeated scene to one GeoTIFF first")
+    parser.add_argument("--data", type=Path, default=classify_speed.SHARED, help="folder with s2_B02/03/04/08.tif")
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        sys.exit(f"benchmark data not found: {args.data}")
+    timer = Timer()
+    forward = classify.Predictor._forward
+    timer.install(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        stack = stack_bands([args.data / f"s2_B0{b}.tif" for b in (2, 3, 4, 8)], tmp / "s2.vrt")
+        package = classify_speed.make_package(tmp, stack)
+        side = max(1, math.ceil((args.mp / 3.76) ** 0.5))
+        raster = classify_speed.repeat_vrt(stack, tmp / "big.vrt", side, side)
+        if args.geotiff:
+            start = time.perf_counter()
+            with gdal_env():
+                rasterio.shutil.copy(raster, tmp / "big.tif", driver="GTiff", compress="DEFLATE", predictor=2,
+                                     tiled=True, blockxsize=512, blockysize=512, bigtiff="YES", num_threads="ALL_CPUS")
+            raster = tmp / "big.tif"
+            print(f"input written as one DEFLATE GeoTIFF in {time.perf_counter() - start:.1f} s")
+        bare = classify_speed.bare_forward(package, args.device, *((8, 1024, 16) if args.device == "cuda" else (1, 1024, 2)))
+        device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+        print(f"classify_breakdown: {device}; bare forward {bare:.1f} MP/s (best batch); input {Path(raster).name}")
+        for label, network in (("classify, defaults", forward), ("pipeline alone (no network)", classify_speed.no_network)):
+            classify.Predictor._forward = timer.wrap(STAGES["Predictor._forward"], network)
+            timer.seconds.clear()
+            timer.calls.clear()
+            with rasterio.open(raster) as src:
+                mp = src.width * src.height / 1e6
+            start = time.perf_counter()
+            classify.classify_pixels(raster, package, tmp / "out.tif", device=args.device, progress=False,
+                                     overwrite=True)
+            wall = time.perf_counter() - start
+            readers = classify._readers(torch.device(args.device))
+            print(f"\n{label}: {mp:.0f} MP in {wall:.2f} s = {mp / wall:.1f} MP/s = {mp / wall / bare:.3f} of bare; "
+                  f"{readers} reading threads")
+            print(f"  {'stage':<42}{'seconds':>8}  {'% of wall':>9}  {'calls':>6}")
+            for stage, seconds in sorted(timer.seconds.items(), key=lambda item: -item[1]):
+                print(f"  {stage:<42}{seconds:>8.2f}  {100 * seconds / wall:>9.1f}  {timer.calls[stage]:>6}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
