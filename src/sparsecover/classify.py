@@ -586,7 +586,7 @@ def classify_pixels(
             blocks = [b for b in plan_blocks(source.width, source.height, tile_size, padding)
                       if (int(b.core.col_off), int(b.core.row_off)) not in writer.done]
             if batch_size is None:  # a GPU needs several tiles at once to be busy (H200: 8 x 1024 px ran 2x 1 x 1024)
-                batch_size = 8 if torch_device.type == "cuda" else 1
+                batch_size = 8 if torch_device.type == "cuda" and engine == "torch" else 1
             batches = [blocks[i : i + batch_size] for i in range(0, len(blocks), batch_size)]
             weights = [sum(int(b.core.width) * int(b.core.height) for b in batch) / 1e6 for batch in batches]
             if workers or dask_scheduler:
