@@ -193,7 +193,8 @@ def lr_find(chips, out, **kw) -> None:
 @click.option("--padding", default=32, show_default=True,
               help="Least context (pixels) around each tile's kept core, inside the raster.")
 @click.option("--batch-size", type=int, default=None,
-              help="Tiles per forward pass [default: 8 on CUDA (halved if the GPU runs out of memory), else 1; the ONNX engine runs on the CPU].")
+              help="Tiles per forward pass [default: 8 on CUDA (halved if the GPU runs out of memory), "
+                   "else 1; the ONNX engine runs on the CPU].")
 @click.option("--tta", is_flag=True, help="Average the 8 flips/rotations (8x slower).")
 @click.option("--confidence", type=click.Path(path_type=Path), help="Also write the top-class probability here.")
 @click.option("--probabilities", type=click.Path(path_type=Path), help="Also write per-class probabilities here.")
