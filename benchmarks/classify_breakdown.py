@@ -1,6 +1,6 @@
 """Where the wall time of one `sparsecover classify` goes, by stage and thread, printed as tables.
 
-    python benchmarks/classify_breakdown.py [--device cuda] [--mp 376] [--geotiff] [--data DIR]
+    python benchmarks/classify_breakdown.py [--device cuda] [--mp 376] [--geotiff] [--pipeline-only] [--data DIR]
 
 On a fast GPU the network is a small part of classify's time (an H200 runs the bare ResNet34
 U-Net at ~350 MP/s); this shows which host-side stage holds it back. Input: the Sentinel-2 scene of
@@ -10,7 +10,10 @@ have; the VRT repeats one file, whose blocks GDAL's cache then serves). Two runs
 default settings, and the pipeline alone (the network replaced by a near-free stand-in).
 
 Stages are timed by wrapping classify's own functions; times of the reading threads are summed
-over threads (so they can exceed the wall time), the others are wall time in their thread.
+over threads (so they can exceed the wall time), the others are wall time in their thread. "CPU s"
+is the CPU time of the thread that called the stage (GDAL's own worker threads, e.g. of the COG
+conversion, are not in it): well below the wall time means the stage waited (for the GIL, a lock, the
+disk or the GPU).
 """
 
 from __future__ import annotations
@@ -51,21 +54,23 @@ class Timer:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = collections.defaultdict(float)
+        self.cpu: dict[str, float] = collections.defaultdict(float)  # CPU time of the calling thread
         self.calls: collections.Counter = collections.Counter()
         self.lock = threading.Lock()
 
-    def add(self, label: str, seconds: float) -> None:
+    def add(self, label: str, seconds: float, cpu: float) -> None:
         with self.lock:
             self.seconds[label] += seconds
+            self.cpu[label] += cpu
             self.calls[label] += 1
 
     def wrap(self, label: str, function, cuda: bool = False):
         def timed(*args, **kwargs):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             result = function(*args, **kwargs)
             if cuda:  # the copy is asynchronous: count it where it is done
                 torch.cuda.synchronize()
-            self.add(label, time.perf_counter() - start)
+            self.add(label, time.perf_counter() - start, time.thread_time() - cpu)
             return result
 
         return timed
@@ -80,10 +85,10 @@ class Timer:
         timer = self
 
         def waited(future, *args, **kwargs):  # the main thread waiting for a read or for the writer
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             value = result(future, *args, **kwargs)
             what = "reads" if isinstance(value, classify.RawTile) else "the writer"
-            timer.add(f"wait for {what} (main)", time.perf_counter() - start)
+            timer.add(f"wait for {what} (main)", time.perf_counter() - start, time.thread_time() - cpu)
             return value
 
         Future.result = waited
@@ -95,6 +100,8 @@ def main() -> None:
     parser.add_argument("--mp", type=float, default=376, help="size of the input in megapixels")
     parser.add_argument("--geotiff", action="store_true", help="write the repeated scene to one GeoTIFF first")
     parser.add_argument("--data", type=Path, default=classify_speed.SHARED, help="folder with s2_B02/03/04/08.tif")
+    parser.add_argument("--pipeline-only", action="store_true",
+                        help="only the pipeline without the network (minutes faster on a CPU)")
     args = parser.parse_args()
     if not args.data.is_dir():
         sys.exit(f"benchmark data not found: {args.data}")
@@ -117,9 +124,11 @@ def main() -> None:
         bare = classify_speed.bare_forward(package, args.device, *((8, 1024, 16) if args.device == "cuda" else (1, 1024, 2)))
         device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
         print(f"classify_breakdown: {device}; bare forward {bare:.1f} MP/s (best batch); input {Path(raster).name}")
-        for label, network in (("classify, defaults", forward), ("pipeline alone (no network)", classify_speed.no_network)):
+        runs = [("classify, defaults", forward), ("pipeline alone (no network)", classify_speed.no_network)]
+        for label, network in runs[args.pipeline_only:]:
             classify.Predictor._forward = timer.wrap(STAGES["Predictor._forward"], network)
             timer.seconds.clear()
+            timer.cpu.clear()
             timer.calls.clear()
             with rasterio.open(raster) as src:
                 mp = src.width * src.height / 1e6
@@ -130,9 +139,10 @@ def main() -> None:
             readers = classify._readers(torch.device(args.device))
             print(f"\n{label}: {mp:.0f} MP in {wall:.2f} s = {mp / wall:.1f} MP/s = {mp / wall / bare:.3f} of bare; "
                   f"{readers} reading threads")
-            print(f"  {'stage':<42}{'seconds':>8}  {'% of wall':>9}  {'calls':>6}")
+            print(f"  {'stage':<42}{'seconds':>8}  {'% of wall':>9}  {'CPU s':>6}  {'calls':>6}")
             for stage, seconds in sorted(timer.seconds.items(), key=lambda item: -item[1]):
-                print(f"  {stage:<42}{seconds:>8.2f}  {100 * seconds / wall:>9.1f}  {timer.calls[stage]:>6}", flush=True)
+                print(f"  {stage:<42}{seconds:>8.2f}  {100 * seconds / wall:>9.1f}  {timer.cpu[stage]:>6.2f}  "
+                      f"{timer.calls[stage]:>6}", flush=True)
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_result(trained, train_chip
 
     with rasterio.open(train_chips.parent / "classes_scene.tif") as src:
         data = src.read()
-    big = write_raster(tmp_path / "big.tif", np.tile(data, (1, 4, 4)), nodata=0)  # 512 x 512
+    big = write_raster(tmp_path / "big.tif", np.tile(data, (1, 5, 5)), nodata=0)  # 640 x 640: overview level 2
     package = str(trained / "model.sparsecover")
     # batches of 3 are written as strips of 3 cores, resumed core by core; the reference tile by tile
     reference = classify_pixels(big, package, tmp_path / "ref.tif", tile_size=64, padding=16, batch_size=1,
@@ -147,6 +147,8 @@ def test_resume_after_sigkill_gives_the_uninterrupted_result(trained, train_chip
     done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert np.array_equal(rasterio.open(out).read(1), rasterio.open(reference).read(1))
+    with rasterio.open(out, overview_level=0) as resumed, rasterio.open(reference, overview_level=0) as uninterrupted:
+        assert resumed.shape == (320, 320) and np.array_equal(resumed.read(1), uninterrupted.read(1))
     with rasterio.open(out) as result:
         assert result.colormap(1)[1] == (0x4E, 0x79, 0xA7, 255)
         assert result.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
@@ -155,7 +157,8 @@ def test_resume_after_sigkill_gives_the_uninterrupted_result(trained, train_chip
     settings = {"raster": str(big.resolve()), "model": str(Path(package).resolve()), "tile_size": 64,
                 "padding": 16, "tta": False, "engine": "torch", "aoi": None}
     (tmp_path / ".y.tif.state.json").write_text(json.dumps({"settings": settings, "done": []}))
-    (tmp_path / ".y.tif.partial.tif").write_bytes(reference.read_bytes())
+    for partial in (".y.tif.partial.tif", ".y.tif.partial.ovr2.tif"):  # the output and its overview level
+        (tmp_path / partial).write_bytes(reference.read_bytes())
     with pytest.raises(SparsecoverError, match="--resume with other settings: padding was 16, now 8"):
         classify_pixels(big, package, tmp_path / "y.tif", tile_size=64, padding=8, progress=False, resume=True)
 
@@ -212,8 +215,32 @@ def test_full_disk_gives_one_line_and_leaves_nothing(trained, tmp_path):
     assert list(out_dir.iterdir()) == []
 
 
+def test_a_failed_flush_of_cached_blocks_raises(tmp_path):
+    """Windows wait in GDAL's block cache until the file is closed; rasterio's close() does not report
+    a failure to write them, close_checked must (else a full disk leaves a truncated partial file, and
+    a --resume checkpoint records blocks that are not on disk)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, signal, numpy as np, rasterio; from rasterio.windows import Window;"
+        "from sparsecover.raster import close_checked, gdal_env;"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); resource.setrlimit(resource.RLIMIT_FSIZE, (4_000, 4_000));"
+        "rows = np.random.default_rng(0).integers(0, 255, (100, 1024)).astype('uint8');"
+        "env = gdal_env(); env.__enter__();"
+        f"f = rasterio.open({str(tmp_path / 'p.tif')!r}, 'w', driver='GTiff', width=1024, height=1024, count=1,"
+        " dtype='uint8', tiled=True, compress='deflate');"
+        "[f.write(rows, 1, window=Window(0, r, 1024, 100)) for r in range(0, 1000, 100)];"
+        "print('written', flush=True); close_checked(f)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "written" in done.stdout  # the writes themselves went to the cache without an error
+    assert done.returncode == 1 and "OSError" in done.stderr and "p.tif" in done.stderr, done.stderr
+
+
 def test_blocks_cover_the_raster_once_with_padding_context_inside_it():
     from sparsecover.classify import MULTIPLE, plan_blocks
+    from sparsecover.overviews import ALIGNED
 
     rng = np.random.default_rng(0)
     cases = [(5799, 3894, 1024, 32), (489, 443, 1024, 64), (10, 2000, 512, 96), (4096, 4096, 1024, 64),
@@ -236,11 +263,20 @@ def test_blocks_cover_the_raster_once_with_padding_context_inside_it():
                 assert 0 <= start and start + size < length + MULTIPLE  # no fill computed for nothing
                 assert core_start - start >= padding or core_start == 0  # context before the core ...
                 assert start + size - (core_start + core_size) >= padding or core_start + core_size == length  # after
+            # overview levels up to ALIGNED are computed core by core: bounds must be multiples of it
+            assert core_start % ALIGNED == 0 and ((core_start + core_size) % ALIGNED == 0 or core_start + core_size == length)
         assert (covered == 1).all(), (width, height, tile_size, padding)
+        banded = plan_blocks(width, height, tile_size, padding, pixel_bytes=8)  # the same blocks, another order
+        assert sorted(map(repr, banded)) == sorted(map(repr, blocks))
     # the 5799 x 3894 px benchmark scene: 6 x 4 tiles of 1024 px (fixed 960 px cores would need 7 x 5)
     blocks = plan_blocks(5799, 3894, 1024, 32)
     assert len(blocks) == 24 and blocks[0].tile.width == blocks[0].tile.height == 1024
     only = plan_blocks(489, 443, 1024, 64)  # one tile just big enough, not 1024 x 1024
+    # a wide raster is read in bands of tile columns, each down the whole raster, so that the input
+    # blocks under the overlap of two tile rows are still in GDAL's cache (64 MB: 4 x 1024 px of 8 bytes)
+    wide = plan_blocks(30000, 3000, 1024, 32, pixel_bytes=8)
+    assert [int(b.tile.row_off) for b in wide[:5]] == [0, 0, 0, 0, int(wide[4].tile.row_off)] and wide[4].tile.row_off > 0
+    assert wide[4].tile.col_off == 0 and len({b.tile.col_off for b in wide[:12]}) == 4
     assert len(only) == 1 and (only[0].tile.width, only[0].tile.height) == (512, 448)
 
 
@@ -291,3 +327,50 @@ def test_a_batch_out_of_gpu_memory_is_split_in_halves(trained, train_chips, tmp_
     with pytest.raises(SparsecoverError, match="ran out of memory on a single tile; pass a smaller --tile-size"):
         classify_pixels(scene, trained, tmp_path / "none.tif", tile_size=64, padding=16, batch_size=1, progress=False)
     assert not (tmp_path / "none.tif").exists()
+
+
+def test_overview_reductions_match_a_brute_force_mode_and_mean():
+    from sparsecover.overviews import mean_2x2, mode_2x2
+
+    rng = np.random.default_rng(0)
+    classes = rng.choice(np.array([0, 1, 2, 3, 7], dtype=np.uint8), size=(41, 37), p=[0.3, 0.3, 0.2, 0.1, 0.1])
+    values = rng.random((2, 41, 37)).astype(np.float32)
+    values[:, classes == 0] = -1
+    mode, mean = mode_2x2(classes), mean_2x2(values, -1)
+    assert mode.shape == mean.shape[1:] == (21, 19)
+    for r in range(21):
+        for c in range(19):
+            cell = classes[2 * r : 2 * r + 2, 2 * c : 2 * c + 2].ravel()
+            valid = cell[cell > 0]
+            if not len(valid):
+                assert mode[r, c] == 0 and (mean[:, r, c] == -1).all()
+                continue
+            counts = {v: (valid == v).sum() for v in valid}
+            assert counts[mode[r, c]] == max(counts.values())  # a most frequent valid class (ties: any)
+            cells = values[:, 2 * r : 2 * r + 2, 2 * c : 2 * c + 2].reshape(2, -1)
+            np.testing.assert_allclose(mean[:, r, c], cells[:, cell > 0].mean(1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("aligned", [16, 2])
+def test_overviews_written_block_by_block_equal_the_whole_map_reduced(trained, tmp_path, monkeypatch, aligned):
+    """Levels up to ALIGNED come from each block as it is written, the ones above from the level
+    below at the end (ALIGNED = 2 makes this small raster, levels 2 and 4, use both paths); either way they must equal
+    the finished map reduced as a whole, and be the COG's overviews."""
+    from sparsecover import overviews
+
+    monkeypatch.setattr(overviews, "ALIGNED", aligned)
+    noisy = np.random.default_rng(1).integers(500, 1500, (4, 1100, 1300)).astype("uint16")
+    noisy[:, :100, :150] = 0  # nodata in the corner
+    raster = write_raster(tmp_path / "r.tif", noisy, nodata=0)
+    out = classify_pixels(raster, trained, tmp_path / "map.tif", tile_size=256, padding=16, batch_size=2,
+                          confidence=tmp_path / "conf.tif", progress=False)
+    for path, nodata in ((out, 0), (tmp_path / "conf.tif", 0)):
+        with rasterio.open(path) as src:
+            assert src.overviews(1) == [2, 4] == overviews.levels(src.width, src.height)
+            level = src.read(1)
+            for factor in src.overviews(1):
+                level = overviews.reduce_2x2(level, nodata)
+                with rasterio.open(path, overview_level=src.overviews(1).index(factor)) as ovr:
+                    assert ovr.shape == level.shape
+                    assert np.array_equal(ovr.read(1), level), factor
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -159,3 +159,25 @@ def test_overwrite_and_no_half_written_output(scene, tmp_path):
     with pytest.raises(SparsecoverError, match="no field 'nope'"):
         export_training_data(scene[0], scene[1], tmp_path / "x", class_field="nope", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chips", "labels.gpkg", "scene.tif"]
+
+
+def test_full_disk_gives_one_line_and_leaves_nothing(scene, tmp_path):
+    """A chip that cannot be written (here: a file-size limit, which fails writes as a full disk does)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN);"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4_000, 4_000));"
+        "from sparsecover.cli import main; sys.argv = ['sparsecover'] + sys.argv[1:]; main()"
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    cmd = [sys.executable, "-c", code, "export", str(scene[0]), "--labels", str(scene[1]), "--out", str(out / "chips"),
+           "--class-field", "classvalue", "--tile-size", "128", "--stride", "64", "-q"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("_tiff")
+             and "polygons lie outside" not in line and "warn" not in line.lower()]
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("error:") and "is the disk full?" in lines[0] and "chips" in lines[0]
+    assert list(out.iterdir()) == []

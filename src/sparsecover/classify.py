@@ -33,15 +33,18 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 import torch
+from affine import Affine
 from rasterio import features
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
+from . import overviews
 from .errors import SparsecoverError
 from .predict import LoadedModel, check_raster, load_model
 from .progress import track
-from .raster import common_dtype, describe, gdal_env, open_raster, read_window
+from .raster import (GDAL_CACHE_BYTES, GDAL_ERRORS, close_checked, common_dtype, describe, gdal_env, open_raster,
+                     read_window)
 
 MULTIPLE = 32  # U-Net encoders downsample 5 times: tile sides must be multiples of 32
 #: Batches that may wait between the stages (read -> predict -> write) so that a slow moment in one
@@ -104,13 +107,23 @@ def axis_layout(length: int, tile_size: int, padding: int) -> tuple[int, list[in
     return span, starts, bounds
 
 
-def plan_blocks(width: int, height: int, tile_size: int, padding: int) -> list[Block]:
-    """The blocks covering a raster, row by row; all tiles have the same shape (one batch shape)."""
+def plan_blocks(width: int, height: int, tile_size: int, padding: int, pixel_bytes: int = 0) -> list[Block]:
+    """The blocks covering a raster; all tiles have the same shape (one batch shape).
+
+    Row by row, in bands of as many tile columns as GDAL's block cache holds four input block rows
+    of (``pixel_bytes``: all bands of one input pixel, as GDAL caches them; 0: one band across the
+    raster). Neighbouring tiles overlap, and the input blocks under an overlap are decoded once only
+    if they are still cached when the second tile reads them. Row by row across a 23k px wide
+    GeoTIFF, the row below came too late for a 64 MB cache (reading took 1.2 x as long); within a
+    band of columns it comes soon enough, whatever the raster's width.
+    """
     span_x, starts_x, bounds_x = axis_layout(width, tile_size, padding)
     span_y, starts_y, bounds_y = axis_layout(height, tile_size, padding)
+    columns = max(1, GDAL_CACHE_BYTES // (4 * 512 * pixel_bytes * span_x)) if pixel_bytes else len(starts_x)
     return [Block(Window(bounds_x[i], bounds_y[j], bounds_x[i + 1] - bounds_x[i], bounds_y[j + 1] - bounds_y[j]),
                   Window(starts_x[i], starts_y[j], span_x, span_y))
-            for j in range(len(starts_y)) for i in range(len(starts_x))]
+            for first in range(0, len(starts_x), columns)
+            for j in range(len(starts_y)) for i in range(first, min(first + columns, len(starts_x)))]
 
 
 def _device(name: str) -> torch.device:
@@ -361,15 +374,20 @@ def _partial_codec() -> dict:
 
 
 class _Outputs:
-    """The partial output files and the resume record; turned into COGs by :meth:`finish`."""
+    """The partial output files (each output and each of its overview levels) and the resume record;
+    turned into COGs by :meth:`finish`."""
 
     CHECKPOINT_SECONDS = 2.0  # at least; and at least 20 x what the last checkpoint took (<= 5 % of the run)
+    NODATA = {"classes": 0, "confidence": 0, "probabilities": -1}
 
     def __init__(self, out: Path, confidence: Path | None, probabilities: Path | None, source, meta: dict,
                  settings: Settings, resume: bool) -> None:
         self.finals = {"classes": out, "confidence": confidence, "probabilities": probabilities}
         self.finals = {k: v for k, v in self.finals.items() if v is not None}
-        self.partials = {k: v.parent / f".{v.name}.partial.tif" for k, v in self.finals.items()}
+        self.factors = overviews.levels(source.width, source.height)
+        # (kind, 1) is the output itself, (kind, f) its overview level f
+        self.partials = {(k, f): v.parent / (f".{v.name}.partial.tif" if f == 1 else f".{v.name}.partial.ovr{f}.tif")
+                         for k, v in self.finals.items() for f in [1, *self.factors]}
         self.state_path = out.parent / f".{out.name}.state.json"
         self.settings = settings
         self.classes = meta["classes"]
@@ -377,28 +395,30 @@ class _Outputs:
         self.done: set[tuple[int, int]] = set()  # blocks on disk (flushed), as recorded for --resume
         self.pending: set[tuple[int, int]] = set()  # written, maybe still in GDAL's cache
         self.checkpointed, self.checkpoint_cost = time.monotonic(), 0.0
-        base = {"driver": "GTiff", "width": source.width, "height": source.height, "crs": source.crs,
-                "transform": source.transform, "tiled": True, "blockxsize": 512, "blockysize": 512,
-                "bigtiff": "IF_SAFER", **_partial_codec()}
-        profiles = {
-            "classes": {**base, "count": 1, "dtype": "uint8", "nodata": 0},
-            "confidence": {**base, "count": 1, "dtype": "float32", "nodata": 0},
-            "probabilities": {**base, "count": len(self.classes), "dtype": "float32", "nodata": -1},
-        }
         self.files = {}
         if resume and self._resumable():
             state = json.loads(self.state_path.read_text())
             self.done = {tuple(d) for d in state["done"]}
-            self.files = {k: rasterio.open(p, "r+") for k, p in self.partials.items()}
+            self._open()
             return
+        base = {"driver": "GTiff", "crs": source.crs, "tiled": True, "blockxsize": 512, "blockysize": 512,
+                "bigtiff": "IF_SAFER", **_partial_codec()}
+        bands = {"classes": ("uint8", 1), "confidence": ("float32", 1), "probabilities": ("float32", len(self.classes))}
         try:
-            for kind, path in self.partials.items():
-                self.files[kind] = rasterio.open(path, "w", **profiles[kind])
+            for (kind, factor), path in self.partials.items():
+                width, height = overviews.level_size(source.width, source.height, factor)
+                dtype, count = bands[kind]
+                self.files[kind, factor] = rasterio.open(
+                    path, "w", **base, width=width, height=height, count=count, dtype=dtype, nodata=self.NODATA[kind],
+                    transform=source.transform * Affine.scale(source.width / width, source.height / height))
             self._describe(meta)  # before any pixel: GDAL cannot add a colour table later in r+ mode
             self._save_state()
-        except (OSError, RasterioError):
+        except GDAL_ERRORS:
             self.discard()
             raise
+
+    def _open(self) -> None:
+        self.files = {key: rasterio.open(path, "r+") for key, path in self.partials.items()}
 
     def _resumable(self) -> bool:
         if not self.state_path.exists() or not all(p.exists() for p in self.partials.values()):
@@ -420,18 +440,20 @@ class _Outputs:
     def write(self, results, aoi_mask) -> None:
         for window, probs, valid, cores in _strips(results):
             keep = valid if aoi_mask is None else valid & aoi_mask(window)
-            classes = probs if probs.ndim == 2 else self.lut[probs.argmax(0)]  # class values, or probabilities
-            if not keep.all():
-                classes[~keep] = 0
-            self.files["classes"].write(classes, 1, window=window)
-            if "confidence" in self.files:
-                top = probs.max(0).astype(np.float32)
-                top[~keep] = 0
-                self.files["confidence"].write(top, 1, window=window)
-            if "probabilities" in self.files:
-                out = probs.astype(np.float32)
-                out[:, ~keep] = -1
-                self.files["probabilities"].write(out, window=window)
+            outputs = {"classes": probs if probs.ndim == 2 else self.lut[probs.argmax(0)]}  # class values, or probabilities
+            if "confidence" in self.finals:
+                outputs["confidence"] = probs.max(0).astype(np.float32)
+            if "probabilities" in self.finals:
+                outputs["probabilities"] = probs.astype(np.float32)
+            masked = not keep.all()
+            for kind, values in outputs.items():
+                if masked:
+                    values[..., ~keep] = self.NODATA[kind]
+                self.files[kind, 1].write(values, window=window, indexes=1 if values.ndim == 2 else None)
+                for factor, level_window, reduced in overviews.block_levels(window, values, self.NODATA[kind],
+                                                                            self.factors):
+                    self.files[kind, factor].write(reduced, window=level_window,
+                                                   indexes=1 if reduced.ndim == 2 else None)
             self.pending.update((int(c.col_off), int(c.row_off)) for c in cores)
         if time.monotonic() - self.checkpointed > max(self.CHECKPOINT_SECONDS, 20 * self.checkpoint_cost):
             self._checkpoint()
@@ -441,8 +463,8 @@ class _Outputs:
         is only listed for --resume once its pixels are on disk. At GPU speeds a flush every 2 s took
         20 % of the writer's time (H200, 376 MP): the interval grows with the flush's cost."""
         start = time.monotonic()
-        self.close()
-        self.files = {k: rasterio.open(p, "r+") for k, p in self.partials.items()}
+        self.close(checked=True)
+        self._open()
         self.done |= self.pending
         self.pending.clear()
         self._save_state()
@@ -450,7 +472,7 @@ class _Outputs:
         self.checkpoint_cost = self.checkpointed - start
 
     def _describe(self, meta: dict) -> None:
-        files = self.files
+        files = {kind: self.files[kind, 1] for kind in self.finals}
         files["classes"].write_colormap(1, {c["value"]: tuple(int(c["color"][i : i + 2], 16) for i in (1, 3, 5)) + (255,)
                                              for c in self.classes})
         files["classes"].update_tags(CLASS_NAMES=json.dumps({c["value"]: c["name"] for c in self.classes}),
@@ -463,19 +485,32 @@ class _Outputs:
                 files["probabilities"].set_band_description(i, c["name"])
 
     def finish(self) -> None:
-        self.close()
-        for kind, partial in self.partials.items():
-            final = self.finals[kind]
+        """The partial files as COGs, with the overviews written beside them (levels above
+        :data:`overviews.ALIGNED` are computed now, from the level below)."""
+        self.close(checked=True)
+        for kind, final in self.finals.items():
+            levels = {f: self.partials[kind, f] for f in self.factors}
+            overviews.upper_levels(levels, self.NODATA[kind])
             staging = final.parent / f".{final.name}.cog.tif"
-            rasterio.shutil.copy(partial, staging, driver="COG", compress="DEFLATE", blocksize=512,
+            source = overviews.with_overviews(self.partials[kind, 1], levels, self._vrt(final))
+            rasterio.shutil.copy(source, staging, driver="COG", compress="DEFLATE", blocksize=512,
                                  overview_resampling="MODE" if kind == "classes" else "AVERAGE",
                                  bigtiff="IF_SAFER", num_threads="ALL_CPUS")
             os.replace(staging, final)
         self.discard()
 
-    def close(self) -> None:
+    @staticmethod
+    def _vrt(final: Path) -> Path:
+        return final.parent / f".{final.name}.partial.vrt"
+
+    def close(self, checked: bool = False) -> None:
+        """Close the partial files; ``checked``: raise OSError if their cached blocks failed to reach the disk."""
         for f in self.files.values():
-            if not f.closed:
+            if f.closed:
+                continue
+            if checked:
+                close_checked(f)
+            else:
                 f.close()
 
     def discard(self) -> None:
@@ -483,7 +518,8 @@ class _Outputs:
         for path in [*self.partials.values(), self.state_path]:
             path.unlink(missing_ok=True)
         for final in self.finals.values():
-            (final.parent / f".{final.name}.cog.tif").unlink(missing_ok=True)
+            for leftover in (final.parent / f".{final.name}.cog.tif", self._vrt(final)):
+                leftover.unlink(missing_ok=True)
 
 
 def _strips(results: list[tuple[Window, np.ndarray, np.ndarray]]):
@@ -582,10 +618,10 @@ def classify_pixels(
         try:
             writer = _Outputs(out, Path(confidence) if confidence else None, Path(probabilities) if probabilities else None,
                               source, loaded.meta, settings, resume)
-        except (OSError, RasterioError) as exc:
+        except GDAL_ERRORS as exc:
             raise SparsecoverError(f"{out}: cannot create the output ({str(exc).splitlines()[0]}); is the disk full?") from None
         try:
-            blocks = [b for b in plan_blocks(source.width, source.height, tile_size, padding)
+            blocks = [b for b in plan_blocks(source.width, source.height, tile_size, padding, source.pixel_bytes)
                       if (int(b.core.col_off), int(b.core.row_off)) not in writer.done]
             if batch_size is None:  # a GPU needs several tiles at once to be busy (H200: 8 x 1024 px ran 2x 1 x 1024)
                 batch_size = 8 if torch_device.type == "cuda" and engine == "torch" else 1
@@ -613,7 +649,7 @@ def classify_pixels(
         except KeyboardInterrupt:
             writer.close()  # keep the partial files: --resume continues from them
             raise
-        except (OSError, RasterioError) as exc:
+        except GDAL_ERRORS as exc:
             writer.discard()
             raise SparsecoverError(f"{out}: writing failed ({str(exc).splitlines()[0]}); is the disk full?") from None
         except BaseException:

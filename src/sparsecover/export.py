@@ -48,6 +48,7 @@ from .labels import (
 )
 from .progress import track
 from .raster import (
+    GDAL_ERRORS,
     BandStatistics,
     RasterSource,
     _json_number,
@@ -175,6 +176,9 @@ def export_training_data(
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(work, out)
+    except GDAL_ERRORS as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        raise SparsecoverError(f"{out}: writing the chips failed ({str(exc).splitlines()[0]}); is the disk full?") from None
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
