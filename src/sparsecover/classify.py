@@ -621,8 +621,8 @@ def classify_pixels(
         except GDAL_ERRORS as exc:
             raise SparsecoverError(f"{out}: cannot create the output ({str(exc).splitlines()[0]}); is the disk full?") from None
         try:
-            blocks = [b for b in plan_blocks(source.width, source.height, tile_size, padding, source.pixel_bytes)
-                      if (int(b.core.col_off), int(b.core.row_off)) not in writer.done]
+            blocks = plan_blocks(source.width, source.height, tile_size, padding, source.pixel_bytes)
+            blocks = [b for b in blocks if (int(b.core.col_off), int(b.core.row_off)) not in writer.done]
             if batch_size is None:  # a GPU needs several tiles at once to be busy (H200: 8 x 1024 px ran 2x 1 x 1024)
                 batch_size = 8 if torch_device.type == "cuda" and engine == "torch" else 1
             batches = [blocks[i : i + batch_size] for i in range(0, len(blocks), batch_size)]

@@ -456,8 +456,8 @@ def _chip_pass(
             work_dir / "labels" / f"{name}.tif", count=1, dtype="uint8", transform=transform,
             nodata=0, **base,
         ) as dst:
+            dst.write_colormap(1, colormap)  # before the pixels: GDAL cannot change the TIFF's photometric tag after
             dst.write(labels, 1)
-            dst.write_colormap(1, colormap)
         with create(
             work_dir / "groups" / f"{name}.tif", count=1, dtype="uint32", transform=transform,
             nodata=0, **base,
