@@ -181,3 +181,22 @@ def test_full_disk_gives_one_line_and_leaves_nothing(scene, tmp_path):
     assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert lines[0].startswith("error:") and "is the disk full?" in lines[0] and "chips" in lines[0]
     assert list(out.iterdir()) == []
+
+
+def test_gdal_messages_from_pool_threads_go_to_logging(tmp_path, caplog, capfd):
+    """Stages read and write in thread pools; GDAL's messages there must reach Python logging like
+    the main thread's, not stderr (rasterio's environment is per thread)."""
+    import logging
+
+    from sparsecover.raster import thread_pool
+
+    def provoke(i: int) -> None:  # a colour table after the pixels: GDAL complains, harmlessly
+        with rasterio.open(tmp_path / f"{i}.tif", "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8",
+                           crs="EPSG:32617", transform=rasterio.transform.from_origin(500_000, 4_000_000, 10, 10)) as dst:
+            dst.write(np.ones((8, 8), "uint8"), 1)
+            dst.write_colormap(1, {1: (255, 0, 0, 255)})
+
+    with caplog.at_level(logging.INFO), thread_pool(2, "test") as pool:
+        list(pool.map(provoke, range(2)))
+    assert "PhotometricInterpretation" not in capfd.readouterr().err
+    assert sum("PhotometricInterpretation" in r.getMessage() for r in caplog.records) == 2

@@ -21,11 +21,9 @@ import functools
 import json
 import math
 import os
-import threading
 import time
 import warnings
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,8 +41,8 @@ from . import overviews
 from .errors import SparsecoverError
 from .predict import LoadedModel, check_raster, load_model
 from .progress import track
-from .raster import (GDAL_CACHE_BYTES, GDAL_ERRORS, close_checked, common_dtype, describe, gdal_env, open_raster,
-                     read_window)
+from .raster import (GDAL_CACHE_BYTES, GDAL_ERRORS, ThreadHandles, close_checked, common_dtype, describe, gdal_env,
+                     open_raster, read_window, thread_pool)
 
 MULTIPLE = 32  # U-Net encoders downsample 5 times: tile sides must be multiples of 32
 #: Batches that may wait between the stages (read -> predict -> write) so that a slow moment in one
@@ -288,26 +286,6 @@ def _readers(device: torch.device) -> int:
     return max(1, min(8, (os.cpu_count() or 2) // 2)) if device.type == "cuda" else 0
 
 
-class _ThreadDatasets:
-    """One open dataset per reading thread, kept for the run: reopening for every tile cost ~6 ms a
-    tile on a 100-source VRT (GDAL handles must not be shared between threads)."""
-
-    def __init__(self, raster: str) -> None:
-        self.raster, self.local, self.opened, self.lock = raster, threading.local(), [], threading.Lock()
-
-    def get(self):
-        src = getattr(self.local, "src", None)
-        if src is None:
-            src = self.local.src = rasterio.open(self.raster)
-            with self.lock:
-                self.opened.append(src)
-        return src
-
-    def close(self) -> None:
-        for src in self.opened:
-            src.close()
-
-
 def _local_results(raster: str, predictor: Predictor, batches: list[list[Block]], band_indexes: list[int]):
     """Batches predicted in this process; on a GPU the tiles ahead are read by a pool of threads meanwhile.
 
@@ -316,11 +294,10 @@ def _local_results(raster: str, predictor: Predictor, batches: list[list[Block]]
     of them wait in memory, whatever the raster's size. Each thread keeps its dataset open for the run.
     """
     readers = _readers(predictor.device)
-    datasets = _ThreadDatasets(raster)
+    datasets = ThreadHandles()  # each reading thread keeps its dataset open for the run
 
     def read_one(block: Block) -> RawTile:
-        with gdal_env():
-            return predictor.stage(read_tile(datasets.get(), block.tile, band_indexes))
+        return predictor.stage(read_tile(datasets.get(raster), block.tile, band_indexes))
 
     try:
         if not readers:
@@ -329,7 +306,7 @@ def _local_results(raster: str, predictor: Predictor, batches: list[list[Block]]
             return
         blocks = [b for batch in batches for b in batch]
         ahead = readers + QUEUED_BATCHES * len(batches[0]) if batches else 0
-        with ThreadPoolExecutor(readers, thread_name_prefix="sparsecover-read") as pool:
+        with thread_pool(readers, "sparsecover-read") as pool:
             reads = deque(pool.submit(read_one, b) for b in blocks[:ahead])
             queued = len(reads)
             for batch in batches:
@@ -636,7 +613,7 @@ def classify_pixels(
                 predictor = Predictor(loaded, torch_device, engine, tta, classes_only)
                 results = _local_results(str(source.path), predictor, batches, loaded.band_indexes)
             # blocks are compressed and written in a thread while the next batches are predicted
-            with ThreadPoolExecutor(1, thread_name_prefix="sparsecover-write") as pool:
+            with thread_pool(1, "sparsecover-write") as pool:
                 writes: deque = deque()
                 for result in track(results, len(batches), f"classify {source.path.name}", progress,
                                     weights=weights, unit="MP"):

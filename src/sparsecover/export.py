@@ -21,9 +21,7 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +49,7 @@ from .raster import (
     GDAL_ERRORS,
     BandStatistics,
     RasterSource,
+    ThreadHandles,
     _json_number,
     block_windows,
     create,
@@ -59,6 +58,7 @@ from .raster import (
     open_raster,
     read_padded,
     read_window,
+    thread_pool,
     tile_offsets,
 )
 
@@ -87,28 +87,6 @@ def chip_fill_value(dtype: str, nodata: float | None) -> float:
         return nodata
     kind = np.dtype(dtype).kind
     return float("nan") if kind == "f" else (0 if kind == "u" else int(np.iinfo(dtype).min))
-
-
-class _Handles:
-    """One rasterio handle per thread and path: GDAL datasets must not be shared across threads."""
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-        self._all: list = []
-        self._lock = threading.Lock()
-
-    def get(self, key: Path, opener=rasterio.open):
-        cache = self._local.__dict__.setdefault("open", {})
-        if key not in cache:
-            cache[key] = opener(key)
-            with self._lock:
-                self._all.append(cache[key])
-        return cache[key]
-
-    def close(self) -> None:
-        for handle in self._all:
-            handle.close()
-        self._all.clear()
 
 
 def export_training_data(
@@ -347,7 +325,7 @@ def _scan(
         "blockysize": 256, "compress": "deflate", "nodata": 0,
     }
     group_lut = _group_lut(frame) if frame is not None else None
-    handles = _Handles()
+    handles = ThreadHandles()
 
     def work(window: Window):
         src = handles.get(source.path)
@@ -364,7 +342,7 @@ def _scan(
         return window, data[:, band_valid.all(0)], labels, groups  # statistics from complete pixels
 
     windows = list(block_windows(source.width, source.height, BLOCK))
-    with contextlib.ExitStack() as stack, ThreadPoolExecutor(workers) as pool:
+    with contextlib.ExitStack() as stack, thread_pool(workers, "sparsecover-export") as pool:
         if scan.labels_path is not None:
             lab_dst = stack.enter_context(create(scan.labels_path, dtype="uint8", **profile))
             grp_dst = stack.enter_context(create(scan.groups_path, dtype="uint32", **profile))
@@ -390,14 +368,14 @@ def _scan(
 
 
 def _histogram_pass(source: RasterSource, stats: BandStatistics, workers: int, progress: bool) -> None:
-    handles = _Handles()
+    handles = ThreadHandles()
 
     def work(window: Window) -> np.ndarray:
         data, band_valid = read_window(handles.get(source.path), window, source.band_indexes)
         return data[:, band_valid.all(0)]
 
     windows = list(block_windows(source.width, source.height, BLOCK))
-    with ThreadPoolExecutor(workers) as pool:
+    with thread_pool(workers, "sparsecover-export") as pool:
         for pixels in track(pool.map(work, windows), len(windows), f"histogram {source.path.name}", progress):
             stats.add_histogram(pixels)
     handles.close()
@@ -417,7 +395,7 @@ def _chip_pass(
     progress: bool,
 ) -> list[dict]:
     """Pass 3: write the chips of one raster; returns their dataset.json records."""
-    handles = _Handles()
+    handles = ThreadHandles()
     windows = [
         Window(col, row, tile, tile)
         for row in tile_offsets(source.height, tile, stride)
@@ -478,7 +456,7 @@ def _chip_pass(
             "class_pixels": {str(v): int(c) for v, c in zip(values.tolist(), counts.tolist())},
         }
 
-    with ThreadPoolExecutor(workers) as pool:
+    with thread_pool(workers, "sparsecover-export") as pool:
         records = [
             r
             for r in track(pool.map(write, windows), len(windows), f"chips {source.path.name}", progress)

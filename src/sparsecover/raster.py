@@ -11,6 +11,7 @@ import contextlib
 import math
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,9 +77,43 @@ def close_checked(dataset: rasterio.io.DatasetWriter) -> None:
         raise OSError(f"{dataset.name}: {failures[-1]}")
 
 
+class ThreadHandles:
+    """One open dataset per thread and path, kept until :meth:`close`: GDAL datasets must not be
+    shared between threads, and reopening one for every window cost ~6 ms a tile on a 100-source VRT."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._all: list = []
+        self._lock = threading.Lock()
+
+    def get(self, path: str | Path, opener=rasterio.open):
+        """This thread's dataset for ``path``, opened by ``opener(path)`` on first use."""
+        cache = self._local.__dict__.setdefault("open", {})
+        if path not in cache:
+            cache[path] = opener(path)
+            with self._lock:
+                self._all.append(cache[path])
+        return cache[path]
+
+    def close(self) -> None:
+        for handle in self._all:
+            handle.close()
+        self._all.clear()
+
+
 def gdal_env() -> rasterio.Env:
     """A rasterio environment with a bounded block cache, for every stage's I/O."""
     return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_NUM_THREADS="ALL_CPUS")
+
+
+def thread_pool(workers: int, name: str) -> ThreadPoolExecutor:
+    """A thread pool whose threads run inside :func:`gdal_env`. rasterio's environment is per thread:
+    without one, GDAL's messages from a pool thread went straight to stderr, not to Python logging."""
+    return ThreadPoolExecutor(workers, thread_name_prefix=name, initializer=_enter_gdal_env)
+
+
+def _enter_gdal_env() -> None:
+    gdal_env().__enter__()  # for the thread's whole life: it ends with its pool
 
 
 @dataclass(frozen=True)
