@@ -10,9 +10,10 @@ partial output), and a bounded amount of memory (nothing of scene size is alloca
 is capped).
 
 Outputs: uint8 class values as the user defined them, 0 = nodata (input nodata, outside ``aoi``),
-colour table and class names embedded, overviews (mode); optional confidence (top-class
-probability) and per-class probabilities (float32). Everything is written to hidden partial files
-and turned into COGs only at the end, so a failure never leaves a file that looks finished.
+colour table and class names embedded, overviews (2 x 2 mode, computed while the blocks are
+written, see :mod:`overviews`); optional confidence (top-class probability) and per-class
+probabilities (float32). Everything is written to hidden partial files and turned into COGs only
+at the end, so a failure never leaves a file that looks finished.
 """
 
 from __future__ import annotations
