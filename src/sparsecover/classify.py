@@ -427,11 +427,9 @@ class _Outputs:
             for kind, values in outputs.items():
                 if masked:
                     values[..., ~keep] = self.NODATA[kind]
-                self.files[kind, 1].write(values, window=window, indexes=1 if values.ndim == 2 else None)
-                for factor, level_window, reduced in overviews.block_levels(window, values, self.NODATA[kind],
-                                                                            self.factors):
-                    self.files[kind, factor].write(reduced, window=level_window,
-                                                   indexes=1 if reduced.ndim == 2 else None)
+                levels = overviews.block_levels(window, values, self.NODATA[kind], self.factors)
+                for factor, level_window, level in [(1, window, values), *levels]:
+                    self.files[kind, factor].write(level.reshape(-1, *level.shape[-2:]), window=level_window)
             self.pending.update((int(c.col_off), int(c.row_off)) for c in cores)
         if time.monotonic() - self.checkpointed > max(self.CHECKPOINT_SECONDS, 20 * self.checkpoint_cost):
             self._checkpoint()

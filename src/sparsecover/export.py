@@ -154,11 +154,10 @@ def export_training_data(
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(work, out)
-    except GDAL_ERRORS as exc:
+    except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)
-        raise SparsecoverError(f"{out}: writing the chips failed ({str(exc).splitlines()[0]}); is the disk full?") from None
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        if isinstance(exc, GDAL_ERRORS):
+            raise SparsecoverError(f"{out}: writing the chips failed ({str(exc).splitlines()[0]}); is the disk full?") from None
         raise
     return out
 

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import rasterio
 import torch
 from rasterio.windows import Window
 
 from .data import Normalisation
 from .errors import SparsecoverError, warn
 from .model import build_model
-from .raster import RasterSource, describe, gdal_env, open_raster, read_window
+from .raster import RasterSource, ThreadHandles, describe, gdal_env, open_raster, read_window, thread_pool
 
 
 @dataclass
@@ -132,13 +130,18 @@ def band_sample(src, band_indexes: list[int], grid: int = 8, size: int = 64) -> 
     rows = np.unique(np.linspace(0, max(src.height - size, 0), grid).astype(int))
     cols = np.unique(np.linspace(0, max(src.width - size, 0), grid).astype(int))
 
-    def read_row(row: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        with gdal_env(), rasterio.open(src.name) as own:
-            return [read_window(own, Window(int(col), int(row), min(size, src.width), min(size, src.height)),
-                                band_indexes) for col in cols]
+    handles = ThreadHandles()
 
-    with ThreadPoolExecutor(min(len(rows), os.cpu_count() or 1)) as pool:
-        windows = [w for row in pool.map(read_row, rows) for w in row]
+    def read_row(row: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        own = handles.get(src.name)
+        return [read_window(own, Window(int(col), int(row), min(size, src.width), min(size, src.height)), band_indexes)
+                for col in cols]
+
+    try:
+        with thread_pool(min(len(rows), os.cpu_count() or 1), "sparsecover-sample") as pool:
+            windows = [w for row in pool.map(read_row, rows) for w in row]
+    finally:
+        handles.close()
     return [np.concatenate([data[band][valid[band]] for data, valid in windows]) for band in range(len(band_indexes))]
 
 
