@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
 import rasterio
+import rasterio.shutil
 
 from conftest import write_raster
 from sparsecover import SparsecoverError
@@ -40,6 +42,14 @@ def test_classified_raster_matches_grid_and_carries_nodata(trained, train_chips,
     assert not classes[:10].any()
     assert set(np.unique(classes[10:])) <= {1, 2, 3}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    # the class names as GDAL gives them to QGIS (category names) and ArcGIS (attribute table),
+    # read back by GDAL itself: a VRT copy of the map lists what GDAL read with it
+    rasterio.shutil.copy(out, tmp_path / "as_read.vrt", driver="VRT")
+    band = ElementTree.parse(tmp_path / "as_read.vrt").find("VRTRasterBand")
+    assert [c.text or "" for c in band.find("CategoryNames")] == ["", "class1", "class2", "class3"]
+    table = band.find("GDALRasterAttributeTable")
+    assert [f.findtext("Name") for f in table.findall("FieldDefn")] == ["Value", "ClassName", "Red", "Green", "Blue"]
+    assert [[f.text for f in row] for row in table.findall("Row")][0] == ["1", "class1", "78", "121", "167"]
 
 
 def test_contract_and_output_errors(trained, tmp_path):

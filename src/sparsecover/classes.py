@@ -7,7 +7,10 @@ styling; users override them with ``value=#rrggbb`` pairs.
 
 from __future__ import annotations
 
+import os
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import SparsecoverError
 
@@ -96,3 +99,43 @@ def parse_color_pairs(text: str | None) -> dict[int, str]:
 
 def rgb_to_hex(rgb: list[int] | tuple[int, ...]) -> str:
     return "#" + "".join(f"{int(c):02x}" for c in rgb[:3])
+
+
+#: GDAL's raster attribute table codes (gdal.h): field types and usages.
+_RAT_FIELDS = (("Value", 0, 5), ("ClassName", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8))
+
+
+def write_class_sidecar(raster: Path, classes: list[ClassInfo]) -> Path:
+    """Class names where GIS software reads them: GDAL's ``<raster>.aux.xml`` beside a class map.
+
+    GeoTIFF can embed the colour table but has no tag for class names, so GDAL keeps them in this
+    sidecar and reads it whenever the map is opened: category names (QGIS labels the palette
+    entries with them; gdalinfo lists them) and a thematic raster attribute table (Value,
+    ClassName, Red, Green, Blue: what ArcGIS's Classify Pixels writes, shown by ArcGIS Pro and
+    QGIS >= 3.30). Written to a temporary name and renamed, so it is whole or absent.
+    """
+    band = ET.Element("PAMRasterBand", band="1")
+    categories = ET.SubElement(band, "CategoryNames")  # indexed by pixel value, gaps empty
+    names = {c.value: c.name for c in classes}
+    for value in range(max(names, default=0) + 1):
+        ET.SubElement(categories, "Category").text = names.get(value, "")
+    table = ET.SubElement(band, "GDALRasterAttributeTable", tableType="thematic")
+    for index, (name, kind, usage) in enumerate(_RAT_FIELDS):
+        field = ET.SubElement(table, "FieldDefn", index=str(index))
+        for tag, text in (("Name", name), ("Type", kind), ("Usage", usage)):
+            ET.SubElement(field, tag).text = str(text)
+    for index, c in enumerate(classes):
+        row = ET.SubElement(table, "Row", index=str(index))
+        for text in (c.value, c.name, *c.rgb):
+            ET.SubElement(row, "F").text = str(text)
+    dataset = ET.Element("PAMDataset")
+    dataset.append(band)
+    ET.indent(dataset)
+    sidecar = raster.with_name(raster.name + ".aux.xml")
+    partial = raster.with_name(f".{sidecar.name}.partial")
+    try:
+        ET.ElementTree(dataset).write(partial, encoding="UTF-8", xml_declaration=False)
+        os.replace(partial, sidecar)
+    finally:
+        partial.unlink(missing_ok=True)
+    return sidecar

@@ -10,10 +10,11 @@ partial output), and a bounded amount of memory (nothing of scene size is alloca
 is capped).
 
 Outputs: uint8 class values as the user defined them, 0 = nodata (input nodata, outside ``aoi``),
-colour table and class names embedded, overviews (2 x 2 mode, computed while the blocks are
-written, see :mod:`overviews`); optional confidence (top-class probability) and per-class
-probabilities (float32). Everything is written to hidden partial files and turned into COGs only
-at the end, so a failure never leaves a file that looks finished.
+colour table and class names embedded (the names also in GDAL's ``.aux.xml`` sidecar, where QGIS
+and ArcGIS look for them, see :func:`classes.write_class_sidecar`), overviews (2 x 2 mode,
+computed while the blocks are written, see :mod:`overviews`); optional confidence (top-class
+probability) and per-class probabilities (float32). Everything is written to hidden partial files
+and turned into COGs only at the end, so a failure never leaves a file that looks finished.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
 from . import overviews
+from .classes import ClassInfo, write_class_sidecar
 from .errors import SparsecoverError
 from .predict import LoadedModel, check_raster, load_model
 from .progress import track
@@ -368,8 +370,8 @@ class _Outputs:
                          for k, v in self.finals.items() for f in [1, *self.factors]}
         self.state_path = out.parent / f".{out.name}.state.json"
         self.settings = settings
-        self.classes = meta["classes"]
-        self.lut = np.array([c["value"] for c in self.classes], dtype=np.uint8)
+        self.classes = [ClassInfo(c["value"], c["name"], c["color"]) for c in meta["classes"]]
+        self.lut = np.array([c.value for c in self.classes], dtype=np.uint8)
         self.done: set[tuple[int, int]] = set()  # blocks on disk (flushed), as recorded for --resume
         self.pending: set[tuple[int, int]] = set()  # written, maybe still in GDAL's cache
         self.checkpointed, self.checkpoint_cost = time.monotonic(), 0.0
@@ -449,16 +451,15 @@ class _Outputs:
 
     def _describe(self, meta: dict) -> None:
         files = {kind: self.files[kind, 1] for kind in self.finals}
-        files["classes"].write_colormap(1, {c["value"]: tuple(int(c["color"][i : i + 2], 16) for i in (1, 3, 5)) + (255,)
-                                             for c in self.classes})
-        files["classes"].update_tags(CLASS_NAMES=json.dumps({c["value"]: c["name"] for c in self.classes}),
+        files["classes"].write_colormap(1, {c.value: (*c.rgb, 255) for c in self.classes})
+        files["classes"].update_tags(CLASS_NAMES=json.dumps({c.value: c.name for c in self.classes}),
                                      MODEL=meta.get("encoder", ""))
         files["classes"].set_band_description(1, "class")
         if "confidence" in files:
             files["confidence"].set_band_description(1, "top-class probability")
         if "probabilities" in files:
             for i, c in enumerate(self.classes, 1):
-                files["probabilities"].set_band_description(i, c["name"])
+                files["probabilities"].set_band_description(i, c.name)
 
     def finish(self) -> None:
         """The partial files as COGs, with the overviews written beside them (levels above
@@ -472,6 +473,8 @@ class _Outputs:
             rasterio.shutil.copy(source, staging, driver="COG", compress="DEFLATE", blocksize=512,
                                  overview_resampling="MODE" if kind == "classes" else "AVERAGE",
                                  bigtiff="IF_SAFER", num_threads="ALL_CPUS")
+            if kind == "classes":
+                write_class_sidecar(final, self.classes)
             os.replace(staging, final)
         self.discard()
 
