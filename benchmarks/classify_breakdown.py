@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import math
+import resource
 import sys
 import tempfile
 import threading
@@ -94,6 +95,12 @@ class Timer:
         Future.result = waited
 
 
+def _process_cpu() -> float:
+    """CPU seconds of this process, all threads (GDAL's included): what a many-core host shares out."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -132,13 +139,13 @@ def main() -> None:
             timer.calls.clear()
             with rasterio.open(raster) as src:
                 mp = src.width * src.height / 1e6
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), _process_cpu()
             classify.classify_pixels(raster, package, tmp / "out.tif", device=args.device, progress=False,
                                      overwrite=True)
-            wall = time.perf_counter() - start
+            wall, cpu = time.perf_counter() - start, _process_cpu() - cpu
             readers = classify._readers(torch.device(args.device))
             print(f"\n{label}: {mp:.0f} MP in {wall:.2f} s = {mp / wall:.1f} MP/s = {mp / wall / bare:.3f} of bare; "
-                  f"{readers} reading threads")
+                  f"{readers} reading threads; process CPU {cpu:.2f} s = {cpu / mp * 1000:.1f} ms per MP")
             print(f"  {'stage':<42}{'seconds':>8}  {'% of wall':>9}  {'CPU s':>6}  {'calls':>6}")
             for stage, seconds in sorted(timer.seconds.items(), key=lambda item: -item[1]):
                 print(f"  {stage:<42}{seconds:>8.2f}  {100 * seconds / wall:>9.1f}  {timer.cpu[stage]:>6.2f}  "
