@@ -27,6 +27,16 @@ def test_version_and_help():
         assert sub.exit_code == 0 and "Usage" in sub.output
 
 
+def test_help_and_light_commands_do_not_load_pytorch():
+    """`sparsecover --help`, `stack` and `info` of a chip folder answer at once: the package imports
+    its heavy modules on first use (importing PyTorch took ~5 s before any output)."""
+    code = ("import sys, sparsecover, sparsecover.cli, sparsecover.stack, sparsecover.chips; "
+            "assert 'torch' not in sys.modules, 'torch imported'; "
+            "from sparsecover import classify_pixels, UnetClassifier, SparsecoverError, __all__; "
+            "assert all(hasattr(sparsecover, n) for n in __all__) and 'torch' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_export_then_info(tmp_path):
     raster = make_scene(tmp_path)
     labels = tmp_path / "l.gpkg"

@@ -13,27 +13,46 @@ The public API mirrors arcgis.learn's names so that its users feel at home::
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
+from .errors import SparsecoverError, SparsecoverWarning
+
 __version__ = "0.1.0"
 
-from .api import TrainingData, UnetClassifier, prepare_data  # noqa: E402
-from .chips import ChipDataset, open_chip_dataset  # noqa: E402
-from .classify import classify_pixels  # noqa: E402
-from .errors import SparsecoverError, SparsecoverWarning  # noqa: E402
-from .export import export_training_data  # noqa: E402
-from .predict import load_model  # noqa: E402
-from .stack import stack_bands  # noqa: E402
+#: Public name -> the module defining it, imported on first use (PEP 562): most of them pull in
+#: PyTorch, and `sparsecover --help` or `sparsecover stack` waited ~5 s for that before printing.
+_LAZY = {
+    "TrainingData": "api",
+    "UnetClassifier": "api",
+    "prepare_data": "api",
+    "ChipDataset": "chips",
+    "open_chip_dataset": "chips",
+    "classify_pixels": "classify",
+    "export_training_data": "export",
+    "load_model": "predict",
+    "stack_bands": "stack",
+}
 
-__all__ = [
-    "ChipDataset",
-    "TrainingData",
-    "UnetClassifier",
-    "prepare_data",
-    "SparsecoverError",
-    "SparsecoverWarning",
-    "__version__",
-    "classify_pixels",
-    "load_model",
-    "export_training_data",
-    "open_chip_dataset",
-    "stack_bands",
-]
+if TYPE_CHECKING:
+    from .api import TrainingData, UnetClassifier, prepare_data
+    from .chips import ChipDataset, open_chip_dataset
+    from .classify import classify_pixels
+    from .export import export_training_data
+    from .predict import load_model
+    from .stack import stack_bands
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+__all__ = ["SparsecoverError", "SparsecoverWarning", "__version__", *_LAZY]
