@@ -88,7 +88,7 @@ class Timer:
         def waited(future, *args, **kwargs):  # the main thread waiting for a read or for the writer
             start, cpu = time.perf_counter(), time.thread_time()
             value = result(future, *args, **kwargs)
-            what = "reads" if isinstance(value, classify.RawTile) else "the writer"
+            what = "reads" if isinstance(value, list) and value and isinstance(value[0], classify.RawTile) else "the writer"
             timer.add(f"wait for {what} (main)", time.perf_counter() - start, time.thread_time() - cpu)
             return value
 
@@ -107,11 +107,15 @@ def main() -> None:
     parser.add_argument("--mp", type=float, default=376, help="size of the input in megapixels")
     parser.add_argument("--geotiff", action="store_true", help="write the repeated scene to one GeoTIFF first")
     parser.add_argument("--data", type=Path, default=classify_speed.SHARED, help="folder with s2_B02/03/04/08.tif")
+    parser.add_argument("--readers", type=int, default=None,
+                        help="reading threads (default: classify's, i.e. none on a CPU): a GPU host's reading path on any machine")
     parser.add_argument("--pipeline-only", action="store_true",
                         help="only the pipeline without the network (minutes faster on a CPU)")
     args = parser.parse_args()
     if not args.data.is_dir():
         sys.exit(f"benchmark data not found: {args.data}")
+    if args.readers is not None:
+        classify._readers = lambda device: args.readers
     timer = Timer()
     forward = classify.Predictor._forward
     timer.install(args.device)

@@ -308,6 +308,28 @@ def test_threaded_reading_gives_the_same_map(trained, train_chips, tmp_path, mon
     assert np.array_equal(rasterio.open(inline).read(1), rasterio.open(threaded).read(1))
 
 
+def test_tiles_read_as_runs_equal_tiles_read_one_by_one(train_chips, tmp_path):
+    """The reading threads read the tiles side by side in a tile row as one window and cut it
+    apart: the same values and validity as reading each tile, at the raster's edges and nodata too."""
+    from sparsecover.classify import plan_blocks, read_run, read_tile, tile_runs
+
+    with rasterio.open(train_chips.parent / "classes_scene.tif") as src:
+        data = src.read()
+    data[:, :10, :] = 0
+    data[1, 30:40, 20:50] = 0  # one band missing
+    scene = write_raster(tmp_path / "holed.tif", data, nodata=0)
+    blocks = plan_blocks(data.shape[2], data.shape[1], 64, 16, pixel_bytes=8)
+    runs = tile_runs(blocks)
+    assert [b for run in runs for b in run] == blocks and len(runs) < len(blocks) and max(map(len, runs)) > 2
+    with rasterio.open(scene) as src:
+        for run in runs:
+            for block, cut in zip(run, read_run(src, run, [1, 2, 3, 4])):
+                alone = read_tile(src, block.tile, [1, 2, 3, 4])
+                assert np.array_equal(cut.data, alone.data) and np.array_equal(cut.valid, alone.valid)
+                full = [np.ones(alone.data.shape, bool) if t.band_valid is None else t.band_valid for t in (cut, alone)]
+                assert np.array_equal(*full)
+
+
 def test_a_batch_out_of_gpu_memory_is_split_in_halves(trained, train_chips, tmp_path, monkeypatch):
     """The CUDA batch size is a guess: a batch that runs out of memory is split and the map is the
     same; a single tile that does not fit is one clear error. (No GPU here: the forward pass raises
