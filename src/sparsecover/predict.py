@@ -32,7 +32,12 @@ class LoadedModel:
 
     @property
     def band_indexes(self) -> list[int]:
-        return [b["source_index"] for b in self.meta["bands"]]
+        return band_indexes(self.meta)
+
+
+def band_indexes(meta: dict) -> list[int]:
+    """The raster bands (1-based) a model reads, in its input order."""
+    return [b["source_index"] for b in meta["bands"]]
 
 
 def network_from(meta: dict, weights: bytes) -> torch.nn.Module:
@@ -53,6 +58,28 @@ def network_from(meta: dict, weights: bytes) -> torch.nn.Module:
     return network.eval()
 
 
+def load_meta(path: str | Path) -> dict:
+    """model.json of a ``.sparsecover`` package, a training run or its ``model/`` folder, without the
+    weights: the data contract needs no network (`sparsecover check`, and classify checks the raster
+    while the network loads)."""
+    from .package import MODEL_JSON, _model_folder, read_package
+
+    path = Path(path)
+    if path.is_file():
+        meta, _ = read_package(path, wanted=())
+    elif not path.exists():
+        raise SparsecoverError(f"{path}: model not found")
+    else:
+        meta = json.loads((_model_folder(path) / MODEL_JSON).read_text())
+    _check_schema(path, meta)
+    return meta
+
+
+def _check_schema(path: Path, meta: dict) -> None:
+    if int(str(meta.get("schema_version", 0)).split(".")[0]) > 1:
+        raise SparsecoverError(f"{path}: model schema {meta['schema_version']} is newer than this sparsecover; upgrade it")
+
+
 def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
     """Rebuild a trained network, without the training data, from a ``.sparsecover`` package, a
     training run folder or its ``model/`` folder."""
@@ -67,21 +94,19 @@ def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
             raise SparsecoverError(f"{path}: model not found")
         folder = _model_folder(path)
         meta, weights = json.loads((folder / MODEL_JSON).read_text()), (folder / WEIGHTS).read_bytes()
-    if int(str(meta.get("schema_version", 0)).split(".")[0]) > 1:
-        raise SparsecoverError(f"{path}: model schema {meta['schema_version']} is newer than this sparsecover; upgrade it")
+    _check_schema(path, meta)
     norm = meta["normalisation"]
     normalisation = Normalisation(norm["low"], norm["high"], norm["mean"], norm["std"])
     return LoadedModel(meta, network_from(meta, weights).to(device), normalisation)
 
 
-def check_contract(source: RasterSource, model: LoadedModel, sample: np.ndarray | None = None) -> list[str]:
+def check_contract(source: RasterSource, meta: dict, sample: list[np.ndarray] | None = None) -> list[str]:
     """Refuse what breaks the model's data contract (band count); warn where the input drifts.
 
     Drift checks: dtype, the median of each band against the training 1st-99th percentile range
     (outside it usually means another band order or scaling), resolution beyond a factor 2, and a
     CRS other than the training CRS. Returns the warnings it gave.
     """
-    meta = model.meta
     expected = meta.get("source_band_count", len(meta["bands"]))
     if len(source.bands) != expected:
         raise SparsecoverError(
@@ -145,12 +170,13 @@ def band_sample(src, band_indexes: list[int], grid: int = 8, size: int = 64) -> 
     return [np.concatenate([data[band][valid[band]] for data, valid in windows]) for band in range(len(band_indexes))]
 
 
-def check_raster(raster: str | Path, model: str | Path | LoadedModel) -> list[str]:
-    """`sparsecover check`: the data contract of ``raster`` against ``model``, without classifying."""
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+def check_raster(raster: str | Path, model: str | Path | LoadedModel | dict) -> list[str]:
+    """`sparsecover check`: the data contract of ``raster`` against ``model`` (a path, a loaded
+    model or its model.json), without classifying."""
+    meta = model.meta if isinstance(model, LoadedModel) else model if isinstance(model, dict) else load_meta(model)
     with gdal_env(), open_raster(raster) as src:
         source = describe(src)
         sample = None
-        if len(source.bands) == loaded.meta.get("source_band_count", len(loaded.meta["bands"])):
-            sample = band_sample(src, loaded.band_indexes)
-        return check_contract(source, loaded, sample)
+        if len(source.bands) == meta.get("source_band_count", len(meta["bands"])):
+            sample = band_sample(src, band_indexes(meta))
+        return check_contract(source, meta, sample)
