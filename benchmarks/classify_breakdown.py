@@ -42,6 +42,7 @@ STAGES = {  # classify's function -> label
     "read_tile": "read tiles (reading threads, summed)",
     "Predictor.batch": "copy batch to the device (main)",
     "Predictor._forward": "forward + argmax + copy back (main)",
+    "_Outputs.prepare": "prepare strips (preparing threads, summed)",
     "_Outputs.write": "write strips (writer thread)",
     "_Outputs._checkpoint": "  of which checkpoints",
     "_Outputs.finish": "COG conversion (main, at the end)",
@@ -85,11 +86,16 @@ class Timer:
         result = Future.result
         timer = self
 
-        def waited(future, *args, **kwargs):  # the main thread waiting for a read or for the writer
+        def waited(future, *args, **kwargs):  # a thread waiting for reads, the writer or a prepared batch
             start, cpu = time.perf_counter(), time.thread_time()
             value = result(future, *args, **kwargs)
-            what = "reads" if isinstance(value, list) and value and isinstance(value[0], classify.RawTile) else "the writer"
-            timer.add(f"wait for {what} (main)", time.perf_counter() - start, time.thread_time() - cpu)
+            if threading.current_thread() is not threading.main_thread():
+                label = "writer waits for prepared batches"
+            elif isinstance(value, list) and value and isinstance(value[0], classify.RawTile):
+                label = "wait for reads (main)"
+            else:
+                label = "wait for the writer (main)"
+            timer.add(label, time.perf_counter() - start, time.thread_time() - cpu)
             return value
 
         Future.result = waited
