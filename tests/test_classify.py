@@ -48,8 +48,11 @@ def test_classified_raster_matches_grid_and_carries_nodata(trained, train_chips,
     band = ElementTree.parse(tmp_path / "as_read.vrt").find("VRTRasterBand")
     assert [c.text or "" for c in band.find("CategoryNames")] == ["", "class1", "class2", "class3"]
     table = band.find("GDALRasterAttributeTable")
-    assert [f.findtext("Name") for f in table.findall("FieldDefn")] == ["Value", "ClassName", "Red", "Green", "Blue"]
-    assert [[f.text for f in row] for row in table.findall("Row")][0] == ["1", "class1", "78", "121", "167"]
+    assert [f.findtext("Name") for f in table.findall("FieldDefn")] == ["Value", "ClassName", "Count", "Red", "Green",
+                                                                       "Blue"]
+    rows = [[f.text for f in row] for row in table.findall("Row")]
+    assert rows[0] == ["1", "class1", str((classes == 1).sum()), "78", "121", "167"]
+    assert [int(r[2]) for r in rows] == [(classes == v).sum() for v in (1, 2, 3)]
 
 
 def test_contract_and_output_errors(trained, tmp_path):
@@ -162,15 +165,22 @@ def test_resume_after_sigkill_gives_the_uninterrupted_result(trained, train_chip
     with rasterio.open(out) as result:
         assert result.colormap(1)[1] == (0x4E, 0x79, 0xA7, 255)
         assert result.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+    # the class counts of the attribute table survive the kill: those of the blocks done before it
+    # were saved with them, those written after the last checkpoint are counted again
+    assert Path(f"{out}.aux.xml").read_text() == Path(f"{reference}.aux.xml").read_text()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".map.tif")]
     # a resume with other settings is refused, naming the difference
     settings = {"raster": str(big.resolve()), "model": str(Path(package).resolve()), "tile_size": 64,
                 "padding": 16, "tta": False, "engine": "torch", "aoi": None}
-    (tmp_path / ".y.tif.state.json").write_text(json.dumps({"settings": settings, "done": []}))
+    (tmp_path / ".y.tif.state.json").write_text(json.dumps({"settings": settings, "done": [], "counts": [0] * 256}))
     for partial in (".y.tif.partial.tif", ".y.tif.partial.ovr2.tif"):  # the output and its overview level
         (tmp_path / partial).write_bytes(reference.read_bytes())
     with pytest.raises(SparsecoverError, match="--resume with other settings: padding was 16, now 8"):
         classify_pixels(big, package, tmp_path / "y.tif", tile_size=64, padding=8, progress=False, resume=True)
+    # and so is the record of an older sparsecover, which had no class counts
+    (tmp_path / ".y.tif.state.json").write_text(json.dumps({"settings": settings, "done": []}))
+    with pytest.raises(SparsecoverError, match="older sparsecover .no class counts.; rerun without --resume"):
+        classify_pixels(big, package, tmp_path / "y.tif", tile_size=64, padding=16, progress=False, resume=True)
 
 
 def test_cli_classifies_several_rasters_into_a_folder(trained, train_chips, tmp_path):

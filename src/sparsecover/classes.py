@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,17 +103,18 @@ def rgb_to_hex(rgb: list[int] | tuple[int, ...]) -> str:
 
 
 #: GDAL's raster attribute table codes (gdal.h): field types and usages.
-_RAT_FIELDS = (("Value", 0, 5), ("ClassName", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8))
+_RAT_FIELDS = (("Value", 0, 5), ("ClassName", 2, 2), ("Count", 0, 1), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8))
 
 
-def write_class_sidecar(raster: Path, classes: list[ClassInfo]) -> Path:
+def write_class_sidecar(raster: Path, classes: list[ClassInfo], counts: Sequence[int]) -> Path:
     """Class names where GIS software reads them: GDAL's ``<raster>.aux.xml`` beside a class map.
 
     GeoTIFF can embed the colour table but has no tag for class names, so GDAL keeps them in this
     sidecar and reads it whenever the map is opened: category names (QGIS labels the palette
     entries with them; gdalinfo lists them) and a thematic raster attribute table (Value,
-    ClassName, Red, Green, Blue: what ArcGIS's Classify Pixels writes, shown by ArcGIS Pro and
-    QGIS >= 3.30). Written to a temporary name and renamed, so it is whole or absent.
+    ClassName, Count, Red, Green, Blue, as ArcGIS's Classify Pixels writes it; shown by ArcGIS Pro
+    and QGIS >= 3.30). ``counts[v]``: pixels of value ``v``. Written to a temporary name and
+    renamed, so it is whole or absent.
     """
     band = ET.Element("PAMRasterBand", band="1")
     categories = ET.SubElement(band, "CategoryNames")  # indexed by pixel value, gaps empty
@@ -126,7 +128,7 @@ def write_class_sidecar(raster: Path, classes: list[ClassInfo]) -> Path:
             ET.SubElement(field, tag).text = str(text)
     for index, c in enumerate(classes):
         row = ET.SubElement(table, "Row", index=str(index))
-        for text in (c.value, c.name, *c.rgb):
+        for text in (c.value, c.name, int(counts[c.value]), *c.rgb):
             ET.SubElement(row, "F").text = str(text)
     dataset = ET.Element("PAMDataset")
     dataset.append(band)

@@ -321,6 +321,15 @@ def read_run(src, run: list[Block], band_indexes: list[int]) -> list[RawTile]:
     return tiles
 
 
+@dataclass(frozen=True)
+class PreparedStrip:
+    """One strip of output blocks as the writer writes it."""
+
+    writes: list[tuple[str, int, Window, np.ndarray]]  # (output kind, level factor (1: the output), window, values)
+    cores: list[Window]  # the blocks it finishes
+    counts: np.ndarray  # pixels per class value (0: nodata), for the attribute table
+
+
 def _preparers() -> int:
     """Threads preparing batches for the writer: one per 4 cores, up to 4. On a GPU host the writer's
     arrays (the overview levels) would otherwise cap classify near 400 MP/s, one core's worth; on 2
@@ -422,11 +431,14 @@ class _Outputs:
         self.lut = np.array([c.value for c in self.classes], dtype=np.uint8)
         self.done: set[tuple[int, int]] = set()  # blocks on disk (flushed), as recorded for --resume
         self.pending: set[tuple[int, int]] = set()  # written, maybe still in GDAL's cache
+        # pixels per class value (0: nodata) of the done and of the pending blocks, for the attribute table
+        self.done_counts, self.pending_counts = np.zeros(256, np.int64), np.zeros(256, np.int64)
         self.checkpointed, self.checkpoint_cost = time.monotonic(), 0.0
         self.files = {}
         if resume and self._resumable():
             state = json.loads(self.state_path.read_text())
             self.done = {tuple(d) for d in state["done"]}
+            self.done_counts = np.array(state["counts"], np.int64)
             self._open()
             return
         base = {"driver": "GTiff", "crs": source.crs, "tiled": True, "blockxsize": 512, "blockysize": 512,
@@ -451,7 +463,11 @@ class _Outputs:
     def _resumable(self) -> bool:
         if not self.state_path.exists() or not all(p.exists() for p in self.partials.values()):
             return False
-        saved = json.loads(self.state_path.read_text())["settings"]
+        state = json.loads(self.state_path.read_text())
+        if "counts" not in state:
+            raise SparsecoverError(f"{self.state_path}: an interrupted run of an older sparsecover (no class counts); "
+                                   "rerun without --resume")
+        saved = state["settings"]
         if saved != asdict(self.settings):
             changed = next(k for k in saved if saved[k] != asdict(self.settings).get(k))
             raise SparsecoverError(
@@ -462,14 +478,14 @@ class _Outputs:
 
     def _save_state(self) -> None:
         tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"settings": asdict(self.settings), "done": sorted(self.done)}))
+        tmp.write_text(json.dumps({"settings": asdict(self.settings), "done": sorted(self.done),
+                                   "counts": self.done_counts.tolist()}))
         os.replace(tmp, self.state_path)
 
-    def prepare(self, results, aoi_mask) -> list[tuple[list[tuple[str, int, Window, np.ndarray]], list[Window]]]:
-        """What one batch's strips write: [(kind, level factor (1: the output), window, values)] and
-        the cores they finish. Arrays only (class values, nodata, the overview levels: 1.9 of the
-        writer's 2.6 ms per MP), so batches are prepared in parallel threads and the one thread that
-        may use the GDAL datasets only writes (:meth:`write`)."""
+    def prepare(self, results, aoi_mask) -> list[PreparedStrip]:
+        """What one batch's strips write. Arrays only (class values, nodata, the overview levels: 1.9
+        of the writer's 2.6 ms per MP, class counts), so batches are prepared in parallel threads and
+        the one thread that may use the GDAL datasets only writes (:meth:`write`)."""
         prepared = []
         for window, probs, valid, cores in _strips(results):
             keep = valid if aoi_mask is None else valid & aoi_mask(window)
@@ -485,15 +501,19 @@ class _Outputs:
                     values[..., ~keep] = self.NODATA[kind]
                 levels = overviews.block_levels(window, values, self.NODATA[kind], self.factors)
                 writes += [(kind, factor, level_window, level) for factor, level_window, level in [(1, window, values), *levels]]
-            prepared.append((writes, cores))
+            counts = np.zeros(256, np.int64)  # one comparison per class: 3x faster than np.bincount here
+            for value in (0, *self.lut.tolist()):
+                counts[value] = np.count_nonzero(outputs["classes"] == value)
+            prepared.append(PreparedStrip(writes, cores, counts))
         return prepared
 
-    def write(self, prepared: list[tuple[list[tuple[str, int, Window, np.ndarray]], list[Window]]]) -> None:
+    def write(self, prepared: list[PreparedStrip]) -> None:
         """Write a batch from :meth:`prepare` and checkpoint now and then."""
-        for writes, cores in prepared:
-            for kind, factor, window, values in writes:
+        for strip in prepared:
+            for kind, factor, window, values in strip.writes:
                 self.files[kind, factor].write(values.reshape(-1, *values.shape[-2:]), window=window)
-            self.pending.update((int(c.col_off), int(c.row_off)) for c in cores)
+            self.pending.update((int(c.col_off), int(c.row_off)) for c in strip.cores)
+            self.pending_counts += strip.counts
         if time.monotonic() - self.checkpointed > max(self.CHECKPOINT_SECONDS, 20 * self.checkpoint_cost):
             self._checkpoint()
 
@@ -506,6 +526,8 @@ class _Outputs:
         self._open()
         self.done |= self.pending
         self.pending.clear()
+        self.done_counts += self.pending_counts
+        self.pending_counts[:] = 0
         self._save_state()
         self.checkpointed = time.monotonic()
         self.checkpoint_cost = self.checkpointed - start
@@ -535,7 +557,7 @@ class _Outputs:
                                  overview_resampling="MODE" if kind == "classes" else "AVERAGE",
                                  bigtiff="IF_SAFER", num_threads="ALL_CPUS")
             if kind == "classes":
-                write_class_sidecar(final, self.classes)
+                write_class_sidecar(final, self.classes, self.done_counts + self.pending_counts)
             os.replace(staging, final)
         self.discard()
 
