@@ -28,9 +28,10 @@ def test_version_and_help():
 
 
 def test_help_and_light_commands_do_not_load_pytorch():
-    """`sparsecover --help`, `stack` and `info` of a chip folder answer at once: the package imports
-    its heavy modules on first use (importing PyTorch took ~5 s before any output)."""
-    code = ("import sys, sparsecover, sparsecover.cli, sparsecover.stack, sparsecover.chips; "
+    """`sparsecover --help`, `stack`, `check` and `info` answer at once: PyTorch is imported where a
+    network is built or trained (importing it took ~5 s before any output)."""
+    code = ("import sys, sparsecover, sparsecover.cli, sparsecover.stack, sparsecover.chips, sparsecover.predict, "
+            "sparsecover.package; "
             "assert 'torch' not in sys.modules, 'torch imported'; "
             "from sparsecover import classify_pixels, UnetClassifier, SparsecoverError, __all__; "
             "assert all(hasattr(sparsecover, n) for n in __all__) and 'torch' in sys.modules")

@@ -186,7 +186,7 @@ class Predictor:
 
             self.session = onnx_session(onnx_bytes(loaded.meta, loaded.network))
         else:
-            from .package import RawInputModel  # the same graph the ONNX export traces
+            from .model import RawInputModel  # the same graph the ONNX export traces
 
             self.module = RawInputModel(loaded.network, loaded.meta).eval().to(device)
             if device.type == "cpu":

@@ -123,3 +123,24 @@ def load_weights(model: nn.Module, path: Path) -> None:
             f"{path}: weights do not fit this model ({detail}); use the same backbone, band count and classes"
         )
     model.load_state_dict(state, strict=False)
+
+
+class RawInputModel(nn.Module):
+    """Raw band values in, class probabilities out: normalisation and softmax inside the graph."""
+
+    def __init__(self, network: nn.Module, meta: dict) -> None:
+        super().__init__()
+        norm = meta["normalisation"]
+        shape = (1, -1, 1, 1)
+        self.register_buffer("low", torch.tensor(norm["low"], dtype=torch.float32).view(shape))
+        self.register_buffer("high", torch.tensor(norm["high"], dtype=torch.float32).view(shape))
+        self.register_buffer("mean", torch.tensor(norm["mean"], dtype=torch.float32).view(shape))
+        self.register_buffer("std", torch.tensor(norm["std"], dtype=torch.float32).view(shape))
+        self.network = network
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        x = (torch.minimum(torch.maximum(x, self.low), self.high) - self.mean) / self.std
+        return self.network(x).float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(x), dim=1)

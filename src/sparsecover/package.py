@@ -23,12 +23,14 @@ import tempfile
 import zipfile
 from collections.abc import Collection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from .errors import SparsecoverError
+
+if TYPE_CHECKING:
+    import torch
 
 SUFFIX = ".sparsecover"
 SCHEMA_MAJOR = 1
@@ -119,27 +121,6 @@ def read_package(path: str | Path, wanted: Collection[str] | None = None) -> tup
     return meta, members
 
 
-class RawInputModel(nn.Module):
-    """Raw band values in, class probabilities out: normalisation and softmax inside the graph."""
-
-    def __init__(self, network: nn.Module, meta: dict) -> None:
-        super().__init__()
-        norm = meta["normalisation"]
-        shape = (1, -1, 1, 1)
-        self.register_buffer("low", torch.tensor(norm["low"], dtype=torch.float32).view(shape))
-        self.register_buffer("high", torch.tensor(norm["high"], dtype=torch.float32).view(shape))
-        self.register_buffer("mean", torch.tensor(norm["mean"], dtype=torch.float32).view(shape))
-        self.register_buffer("std", torch.tensor(norm["std"], dtype=torch.float32).view(shape))
-        self.network = network
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        x = (torch.minimum(torch.maximum(x, self.low), self.high) - self.mean) / self.std
-        return self.network(x).float()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.logits(x), dim=1)
-
-
 def deepness_metadata(meta: dict) -> dict[str, str]:
     """The metadata keys QGIS Deepness reads for a segmentation model (values JSON-encoded)."""
     bands = meta["input_channels"]
@@ -158,9 +139,12 @@ def deepness_metadata(meta: dict) -> dict[str, str]:
     return {key: json.dumps(value) for key, value in values.items()}
 
 
-def onnx_bytes(meta: dict, network: nn.Module) -> bytes:
+def onnx_bytes(meta: dict, network: torch.nn.Module) -> bytes:
     """Export to ONNX with dynamic batch and spatial size, raw-value input, and Deepness metadata."""
     import onnx
+    import torch
+
+    from .model import RawInputModel
 
     wrapped = RawInputModel(network.eval().cpu(), meta).eval()
     size = max(64, int(meta["tile_size"]) // 32 * 32)

@@ -8,14 +8,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from rasterio.windows import Window
 
-from .data import Normalisation
 from .errors import SparsecoverError, warn
-from .model import build_model
 from .raster import RasterSource, ThreadHandles, describe, gdal_env, open_raster, read_window, thread_pool
+
+
+if TYPE_CHECKING:  # PyTorch is imported where a network is built: `sparsecover check` needs none
+    import torch
+
+    from .data import Normalisation
 
 
 @dataclass
@@ -46,7 +51,10 @@ def network_from(meta: dict, weights: bytes) -> torch.nn.Module:
     Built on the meta device (no memory, no random initialisation: 0.25 s of a ResNet34's load) and
     given the stored tensors themselves (``assign``); every parameter and buffer is in the weights.
     """
+    import torch
     from safetensors.torch import load as load_safetensors
+
+    from .model import build_model
 
     with torch.device("meta"):
         network = build_model(meta["input_channels"], len(meta["classes"]), meta["encoder"], meta["architecture"],
@@ -83,6 +91,7 @@ def _check_schema(path: Path, meta: dict) -> None:
 def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
     """Rebuild a trained network, without the training data, from a ``.sparsecover`` package, a
     training run folder or its ``model/`` folder."""
+    from .data import Normalisation
     from .package import MODEL_JSON, WEIGHTS, _model_folder, read_package
 
     path = Path(path)
