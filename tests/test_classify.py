@@ -53,6 +53,20 @@ def test_classified_raster_matches_grid_and_carries_nodata(trained, train_chips,
     rows = [[f.text for f in row] for row in table.findall("Row")]
     assert rows[0] == ["1", "class1", str((classes == 1).sum()), "78", "121", "167"]
     assert [int(r[2]) for r in rows] == [(classes == v).sum() for v in (1, 2, 3)]
+    # `sparsecover info MAP`: each class's pixels, share and area (the scene's CRS is in metres)
+    from click.testing import CliRunner
+
+    from sparsecover.cli import cli
+    from sparsecover.evaluate import map_classes
+
+    summary, unit = map_classes(out)
+    assert [(r["value"], r["name"], r["pixels"]) for r in summary] == [
+        (v, f"class{v}", (classes == v).sum()) for v in (1, 2, 3) if (classes == v).any()]
+    assert unit == "ha" and summary[0]["area"] == summary[0]["pixels"] * abs(profile["transform"].a * profile["transform"].e) / 1e4
+    shown = CliRunner().invoke(cli, ["info", str(out)])
+    assert shown.exit_code == 0 and "class1" in shown.output and f"{summary[0]['pixels']:,}" in shown.output
+    band = CliRunner().invoke(cli, ["info", str(holed)])
+    assert band.exit_code == 2 and "not a class map" in band.output
 
 
 def test_contract_and_output_errors(trained, tmp_path):

@@ -312,10 +312,30 @@ def check(raster, model) -> None:
     out_console.print(f"{raster}: {'fits the model' if not notes else f'usable, with {len(notes)} warning(s)'}")
 
 
+def _print_map(path: Path) -> None:
+    from .evaluate import map_classes
+
+    rows, unit = map_classes(path)
+    table = Table(title=f"classes of {path.name}", title_justify="left")
+    for col in ("value", "name", "colour", "pixels", "share", *([f"area ({unit})"] if unit else [])):
+        table.add_column(col, justify="right" if col not in ("name", "colour") else "left")
+    for r in rows:
+        colour = Text.assemble(("■ ", r["color"]), r["color"]) if r["color"] else Text("")
+        area = [f"{r['area']:,.1f}"] if unit else []
+        table.add_row(str(r["value"]), r["name"], colour, f"{r['pixels']:,}", f"{100 * r['share']:.1f} %", *area)
+    out_console.print(table)
+
+
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
 def info(path: Path) -> None:
-    """Describe a chip dataset (ours or an Esri Classified Tiles export) or a model package."""
+    """Describe a chip dataset (ours or an Esri Classified Tiles export), a model package, or a
+    class map (classes, pixels, share and area)."""
+    import zipfile
+
+    if path.is_file() and not zipfile.is_zipfile(path):
+        _print_map(path)
+        return
     if path.is_file():
         from .package import describe_package, read_package
 

@@ -32,6 +32,8 @@ from .progress import track
 from .raster import _bounds, block_windows, gdal_env, open_raster
 
 Z95 = 1.959964
+#: More distinct values than this, in a raster without class names or colour table: not a class map.
+MAX_UNNAMED_CLASSES = 100
 
 
 def class_table(src) -> dict[int, str]:
@@ -186,6 +188,39 @@ def _points(src, frame: gpd.GeoDataFrame, excluded) -> tuple[dict, dict]:
         counts[(truth, pred)] = counts.get((truth, pred), 0) + 1
     sample = {"total": len(frame), "used": int(keep.sum()), "outside_or_nodata": int((~(inside & (predicted > 0))).sum())}
     return counts, sample
+
+
+def map_classes(classified: str | Path) -> tuple[list[dict], str | None]:
+    """Each class of a class map with its name, colour, pixels and share: what `sparsecover info
+    MAP` shows, and the area in hectares where the CRS is in metres (else the unit is None).
+
+    Pixels are counted window by window from the raster itself, so any single-band map of class
+    values works (a reference map too, float or not); 0 and the nodata value are not classes.
+    """
+    refused = (f"{classified}: not a class map (one band of integer class values); info describes class "
+               "maps, chip datasets and model packages")
+    with gdal_env(), open_raster(classified) as src:
+        if src.count != 1:
+            raise SparsecoverError(refused)
+        names = class_table(src)
+        try:
+            colours = src.colormap(1)
+        except ValueError:  # no colour table
+            colours = {}
+        counts = {v: n for v, n in _mapped_pixels(src).items() if v != src.nodata}
+        # float maps holding class values are fine; without class names or colours, so many values
+        # are more likely an image band than classes
+        many = not names and not colours and len(counts) > MAX_UNNAMED_CLASSES
+        if many or not all(float(v).is_integer() for v in counts):
+            raise SparsecoverError(refused)
+        counts = {int(v): n for v, n in counts.items()}
+        metres = src.crs is not None and src.crs.is_projected and src.crs.linear_units in ("metre", "meter")
+        hectares = abs(src.transform.a * src.transform.e) / 1e4 if metres else None
+    total = sum(counts.values()) or 1
+    rows = [{"value": v, "name": names.get(v, ""), "color": "#{:02x}{:02x}{:02x}".format(*colours[v][:3]) if v in colours else "",
+             "pixels": n, "share": n / total, "area": n * hectares if hectares else None}
+            for v, n in sorted(counts.items())]
+    return rows, "ha" if hectares else None
 
 
 def _mapped_pixels(src) -> dict[int, int]:
