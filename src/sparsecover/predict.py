@@ -7,7 +7,6 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -15,7 +14,6 @@ from rasterio.windows import Window
 
 from .errors import SparsecoverError, warn
 from .raster import RasterSource, ThreadHandles, describe, gdal_env, open_raster, read_window, thread_pool
-
 
 if TYPE_CHECKING:  # PyTorch is imported where a network is built: `sparsecover check` needs none
     import torch
@@ -66,44 +64,38 @@ def network_from(meta: dict, weights: bytes) -> torch.nn.Module:
     return network.eval()
 
 
+def _read_model(path: str | Path, with_weights: bool) -> tuple[dict, bytes | None]:
+    """model.json (schema checked) and, if asked, the weights of a package, run or model folder."""
+    from .package import MODEL_JSON, WEIGHTS, _model_folder, read_package
+
+    path = Path(path)
+    if path.is_file():
+        meta, members = read_package(path, wanted={WEIGHTS} if with_weights else ())
+        weights = members.get(WEIGHTS)
+    elif not path.exists():
+        raise SparsecoverError(f"{path}: model not found")
+    else:
+        folder = _model_folder(path)
+        meta = json.loads((folder / MODEL_JSON).read_text())
+        weights = (folder / WEIGHTS).read_bytes() if with_weights else None
+    if int(str(meta.get("schema_version", 0)).split(".")[0]) > 1:
+        raise SparsecoverError(f"{path}: model schema {meta['schema_version']} is newer than this sparsecover; upgrade it")
+    return meta, weights
+
+
 def load_meta(path: str | Path) -> dict:
     """model.json of a ``.sparsecover`` package, a training run or its ``model/`` folder, without the
     weights: the data contract needs no network (`sparsecover check`, and classify checks the raster
     while the network loads)."""
-    from .package import MODEL_JSON, _model_folder, read_package
-
-    path = Path(path)
-    if path.is_file():
-        meta, _ = read_package(path, wanted=())
-    elif not path.exists():
-        raise SparsecoverError(f"{path}: model not found")
-    else:
-        meta = json.loads((_model_folder(path) / MODEL_JSON).read_text())
-    _check_schema(path, meta)
-    return meta
-
-
-def _check_schema(path: Path, meta: dict) -> None:
-    if int(str(meta.get("schema_version", 0)).split(".")[0]) > 1:
-        raise SparsecoverError(f"{path}: model schema {meta['schema_version']} is newer than this sparsecover; upgrade it")
+    return _read_model(path, with_weights=False)[0]
 
 
 def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
     """Rebuild a trained network, without the training data, from a ``.sparsecover`` package, a
     training run folder or its ``model/`` folder."""
     from .data import Normalisation
-    from .package import MODEL_JSON, WEIGHTS, _model_folder, read_package
 
-    path = Path(path)
-    if path.is_file():
-        meta, members = read_package(path, wanted={WEIGHTS})
-        weights = members[WEIGHTS]
-    else:
-        if not path.exists():
-            raise SparsecoverError(f"{path}: model not found")
-        folder = _model_folder(path)
-        meta, weights = json.loads((folder / MODEL_JSON).read_text()), (folder / WEIGHTS).read_bytes()
-    _check_schema(path, meta)
+    meta, weights = _read_model(path, with_weights=True)
     norm = meta["normalisation"]
     normalisation = Normalisation(norm["low"], norm["high"], norm["mean"], norm["std"])
     return LoadedModel(meta, network_from(meta, weights).to(device), normalisation)
