@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -276,3 +277,47 @@ def test_imagenet_stem_adaptation_maps_rgb_filters_by_band_name():
 def test_early_stopping_stops_when_validation_loss_stalls(train_chips, tmp_path):
     run = train(train_chips, tmp_path / "run", TrainConfig(**{**FAST, "epochs": 8, "lr": 1e-12, "early_stopping": 1}))
     assert len(_history(run)) < 8
+
+
+def test_an_ensemble_averages_members_trained_from_other_starts(train_chips, tmp_path):
+    from sparsecover.classify import classify_pixels
+    from sparsecover.model import Ensemble
+    from sparsecover.package import describe_package, export_onnx, onnx_session
+    from sparsecover.predict import load_model
+
+    run = train(train_chips, tmp_path / "run", TrainConfig(**{**FAST, "members": 2}))
+    assert [int(r["epoch"]) for r in _history(run / "member2")] == [0, 1]
+    meta = json.loads((run / "model" / "model.json").read_text())
+    assert meta["ensemble"] == 2 and len(meta["training"]["member_histories"]) == 1
+    assert "an ensemble of 2" in dict(describe_package(meta))["model"]
+    model = load_model(run / "model.sparsecover")
+    assert isinstance(model.network, Ensemble) and len(model.network.members) == 2
+    for member, folder in zip(model.network.members, (run, run / "member2")):
+        best = torch.load(folder / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+        for key, value in member.state_dict().items():
+            torch.testing.assert_close(value, best[f"model.{key}"])
+    first, second = (dict(m.named_parameters()) for m in model.network.members)
+    assert not torch.equal(first["encoder.conv1.weight"], second["encoder.conv1.weight"])  # other random starts
+    x = torch.randn(2, 4, 32, 32)
+    with torch.no_grad():
+        mean = torch.stack([torch.softmax(m(x), 1) for m in model.network.members]).mean(0)
+        torch.testing.assert_close(torch.softmax(model.network(x), 1), mean)
+    # it is one network to the rest of the pipeline: classify and ONNX
+    scene = train_chips.parent / "classes_scene.tif"
+    mapped = classify_pixels(scene, run, tmp_path / "map.tif", tile_size=64, padding=16, progress=False)
+    assert set(np.unique(rasterio.open(mapped).read(1))) <= {0, 1, 2, 3}
+    session = onnx_session(export_onnx(run / "model.sparsecover", tmp_path / "m.onnx").read_bytes())
+    raw = np.random.default_rng(0).uniform(0, 255, (1, 4, 32, 32)).astype(np.float32)
+    valid = np.ones((32, 32), dtype=bool)
+    with torch.no_grad():
+        expected = torch.softmax(model.network(torch.from_numpy(model.normalisation.apply(raw[0], valid)[None])), 1)
+    assert np.abs(session.run(None, {"image": raw})[0] - expected.numpy()).max() < 1e-4
+    # --resume after member 2 was lost: member 1 is complete and kept, member 2 is trained again alike
+    shutil.rmtree(run / "member2")
+    train(train_chips, run, TrainConfig(**{**FAST, "members": 2, "resume": True}))
+    resumed = load_model(run / "model.sparsecover").network.members
+    for before, after in zip(model.network.members, resumed):
+        for (key, x), (_, y) in zip(before.state_dict().items(), after.state_dict().items()):
+            torch.testing.assert_close(x, y, msg=key)
+    with pytest.raises(SparsecoverError, match="--members must be at least 1"):
+        train(train_chips, tmp_path / "none", TrainConfig(**{**FAST, "members": 0}))

@@ -149,6 +149,10 @@ def _config(**kw):
 @click.option("--strategy", default="auto", show_default=True, help="Lightning strategy: auto, ddp, ddp_spawn, fsdp, ...")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out with the same settings.")
 @click.option("--onnx", is_flag=True, help="Also put model.onnx (and an Esri .emd) into the model package.")
+@click.option("--members", default=1, show_default=True, type=click.IntRange(1),
+              help="Train this many networks from different random starts and package their average "
+                   "(an ensemble): steadier maps from few polygons; costs this many times the training "
+                   "and classify time.")
 @_train_options
 def train(chips, out, epochs, lr, early_stopping, devices, num_nodes, strategy, resume, onnx, **kw) -> None:
     """Train a segmentation model (U-Net, ResNet34 by default) on one or more chip datasets."""

@@ -222,7 +222,8 @@ def describe_package(meta: dict) -> list[tuple[str, str]]:
     metrics = training.get("validation_metrics") or {}
     lines = [
         ("model", f"{meta['architecture']} / {meta['encoder']}, {meta['input_channels']} bands -> "
-                  f"{len(meta['classes'])} classes"),
+                  f"{len(meta['classes'])} classes"
+                  + (f", an ensemble of {meta['ensemble']}" if meta.get("ensemble", 1) > 1 else "")),
         ("bands", ", ".join(f"{b['name']} ({b['dtype']})" for b in meta["bands"])),
         ("tile / padding", f"{meta['tile_size']} px / {meta['padding']} px"),
         ("resolution", f"{meta['resolution'][0]:g}" if meta.get("resolution") else "unknown"),

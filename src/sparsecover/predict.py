@@ -52,11 +52,12 @@ def network_from(meta: dict, weights: bytes) -> torch.nn.Module:
     import torch
     from safetensors.torch import load as load_safetensors
 
-    from .model import build_model
+    from .model import build_ensemble
 
     with torch.device("meta"):
-        network = build_model(meta["input_channels"], len(meta["classes"]), meta["encoder"], meta["architecture"],
-                              encoder_depth=meta.get("encoder_depth", 5))
+        network = build_ensemble(meta.get("ensemble", 1), num_bands=meta["input_channels"],
+                                 num_classes=len(meta["classes"]), backbone=meta["encoder"],
+                                 architecture=meta["architecture"], encoder_depth=meta.get("encoder_depth", 5))
     try:
         network.load_state_dict(load_safetensors(weights), assign=True)
     except Exception as exc:

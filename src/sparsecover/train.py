@@ -54,13 +54,15 @@ from .data import (
 )
 from .errors import SparsecoverError
 from .metrics import summarize
-from .model import build_model
+from .model import Ensemble, build_model
 
 MODEL_DIR = "model"
 PACKAGE_NAME = "model.sparsecover"  # the one-file package written at the end of every run
 HISTORY_COLUMNS = ["epoch", "train_loss", "valid_loss", "accuracy", "macro_f1", "lr", "time_s"]
 # Settings that may differ between a run and its --resume (the rest must match).
 RESUMABLE_DIFFERENCES = {"workers", "quiet", "resume", "onnx"}
+# What a run made before a setting existed did (its config.json lacks the key).
+SETTINGS_BEFORE_THEY_EXISTED = {"members": 1}
 
 
 @dataclass
@@ -90,6 +92,7 @@ class TrainConfig:
     weight_decay: float = 1e-2
     unlabelled_weight: float = 1.0  # weight of the pseudo-label loss on unlabelled pixels; 0 = supervised only
     pseudo_threshold: float = 0.9  # confidence a pseudo-label needs
+    members: int = 1  # networks trained from other random starts and averaged (an ensemble); costs members x
     onnx: bool = False  # also put model.onnx (+ model.emd) into the package
     quiet: bool = False
     resume: bool = False
@@ -448,7 +451,7 @@ def _check_resume(run: Path, config: TrainConfig, dataset: ChipDataset) -> None:
     for key in sorted(set(saved["settings"]) | set(current)):
         if key in RESUMABLE_DIFFERENCES or key == "lr":
             continue
-        if saved["settings"].get(key) != current.get(key):
+        if saved["settings"].get(key, SETTINGS_BEFORE_THEY_EXISTED.get(key)) != current.get(key):
             raise SparsecoverError(
                 f"{run}: --resume with other settings: {key} was {saved['settings'].get(key)!r}, "
                 f"now {current.get(key)!r}; rerun with the same settings or use a new --out"
@@ -461,6 +464,8 @@ def train(chips: ChipsArg, out: str | Path, config: TrainConfig | None = None) -
     run = Path(out)
     if config.epochs < 1:
         raise SparsecoverError(f"--epochs must be at least 1, got {config.epochs}")
+    if config.members < 1:
+        raise SparsecoverError(f"--members must be at least 1, got {config.members}")
     _accelerator(config.device)
     prepared = prepare(chips, config)
     if config.resume:
@@ -475,31 +480,67 @@ def train(chips: ChipsArg, out: str | Path, config: TrainConfig | None = None) -
         settings = {**asdict(config), "lr": lr, "dataset": dataset_roots(prepared.dataset)}
         (run / "config.json").write_text(json.dumps({"settings": settings, "sparsecover_version": __version__}, indent=1))
     _quiet_lightning(config.quiet)
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    task = _task(prepared, config, lr)
-    train_loader, valid_loader = _loaders(prepared, config)
-    monitor = "valid_loss" if valid_loader is not None else "train_loss"
-    best = ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor=monitor, mode="min",
-                           save_top_k=1, save_last=True, enable_version_counter=False)
-    callbacks: list = [best, EpochTable(run / "history.csv", config.quiet)]
-    if config.early_stopping:
-        callbacks.append(EarlyStopping(monitor=monitor, patience=config.early_stopping, mode="min"))
-    trainer = _trainer(config, run, callbacks, config.epochs)
-    resume_from = run / "checkpoints" / "last.ckpt" if config.resume else None
-    trainer.fit(task, train_loader, valid_loader, ckpt_path=resume_from)
-    if not trainer.is_global_zero:
+    tasks = []
+    for k in range(config.members):
+        if config.members > 1 and not config.quiet:
+            print(f"ensemble member {k + 1} of {config.members}", flush=True)
+        tasks.append(_fit(prepared, config, lr, member_folder(run, k), config.seed + k, config.resume))
+    if tasks[0] is None:  # a DDP rank other than 0: rank 0 writes the outputs
         return run
-    if best.best_model_path:
-        state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
-        task.load_state_dict(state)
-    metrics = evaluate_split(task, valid_loader, prepared) if valid_loader is not None else None
-    if metrics is not None:
+    task = tasks[0]
+    if len(tasks) > 1:
+        task.model = Ensemble([t.model for t in tasks])
+    metrics = None
+    if prepared.valid is not None:
+        metrics = evaluate_split(task, _loaders(prepared, config)[1], prepared)
         (run / "metrics.json").write_text(json.dumps(metrics, indent=1))
     save_model_folder(run / MODEL_DIR, task, prepared, config, lr, run, metrics)
     from .package import save_package
 
     save_package(run / MODEL_DIR, run / PACKAGE_NAME, onnx=config.onnx, overwrite=True)
     return run
+
+
+def member_folder(run: Path, index: int) -> Path:
+    """Where ensemble member ``index`` (0-based) keeps checkpoints and history: the run folder for
+    the first (a one-member run looks as it always did), ``member2``, ``member3``... for the others."""
+    return run if index == 0 else run / f"member{index + 1}"
+
+
+def _fit(prepared: Prepared, config: TrainConfig, lr: float, folder: Path, seed: int,
+         resume: bool) -> SegmentationTask | None:
+    """One Lightning fit into ``folder`` (checkpoints, history.csv, logs); on rank 0 the task with
+    the weights of its best epoch (lowest validation loss; training loss without validation).
+
+    ``seed`` draws the initial weights, the chip order and the augmentation; the split is the
+    run's (``config.seed``), so every member of an ensemble holds out the same polygons.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(seed, workers=True, verbose=False)
+    task = _task(prepared, config, lr)
+    train_loader, valid_loader = _loaders(prepared, config)
+    monitor = "valid_loss" if valid_loader is not None else "train_loss"
+    best = ModelCheckpoint(dirpath=folder / "checkpoints", filename="best", monitor=monitor, mode="min",
+                           save_top_k=1, save_last=True, enable_version_counter=False)
+    callbacks: list = [best, EpochTable(folder / "history.csv", config.quiet)]
+    if config.early_stopping:
+        callbacks.append(EarlyStopping(monitor=monitor, patience=config.early_stopping, mode="min"))
+    trainer = _trainer(config, folder, callbacks, config.epochs)
+    resume_from = folder / "checkpoints" / "last.ckpt"
+    trainer.fit(task, train_loader, valid_loader, ckpt_path=resume_from if resume and resume_from.exists() else None)
+    if not trainer.is_global_zero:
+        return None
+    if best.best_model_path:
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+        task.load_state_dict(state)
+    return task
+
+
+def _read_history(folder: Path) -> list[dict]:
+    if not (folder / "history.csv").exists():
+        return []
+    with (folder / "history.csv").open() as fh:
+        return list(csv.DictReader(fh))
 
 
 @torch.inference_mode()
@@ -531,10 +572,7 @@ def save_model_folder(folder: Path, task: SegmentationTask, prepared: Prepared, 
     state = {k: v.detach().cpu().contiguous() for k, v in task.model.state_dict().items()}
     save_file(state, str(folder / "weights.safetensors"))
     dataset = prepared.dataset
-    history = []
-    if (run / "history.csv").exists():
-        with (run / "history.csv").open() as fh:
-            history = list(csv.DictReader(fh))
+    history = _read_history(run)
     import lightning
     import segmentation_models_pytorch as smp
 
@@ -543,6 +581,7 @@ def save_model_folder(folder: Path, task: SegmentationTask, prepared: Prepared, 
         "architecture": config.architecture,
         "encoder": config.backbone,
         "encoder_depth": config.encoder_depth,
+        "ensemble": config.members,  # networks averaged (1: a single network)
         "input_channels": len(prepared.band_indices),
         "classes": [
             {"index": i, "value": v, "name": n, "color": c}
@@ -569,6 +608,7 @@ def save_model_folder(folder: Path, task: SegmentationTask, prepared: Prepared, 
             "precision": config.precision,
             "weights": config.weights,
             "history": history,
+            "member_histories": [_read_history(member_folder(run, k)) for k in range(1, config.members)],
             "validation_metrics": metrics,
             "train_groups": len(prepared.split.train_groups),
             "valid_groups": len(prepared.split.valid_groups),
