@@ -82,7 +82,7 @@ def test_onnx_matches_pytorch_on_chips(run, train_chips, tmp_path):
 def test_info_shows_the_package(run):
     result = CliRunner().invoke(cli, ["info", str(run / "model.sparsecover")])
     assert result.exit_code == 0, result.output
-    for text in ("unet / resnet18", "blue (uint16)", "class1", "class3", "members", "validation"):
+    for text in ("unet / resnet18", "blue (uint16)", "class1", "class3", "files", "trained", "validation"):
         assert text in result.output
 
 

@@ -19,7 +19,7 @@ from . import __version__
 from .errors import SparsecoverError, SparsecoverWarning
 
 err_console = Console(stderr=True, highlight=False)
-out_console = Console(highlight=False)
+out_console = Console(highlight=False, soft_wrap=True)  # paths stay on one line (copy-paste) when piped
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -227,15 +227,17 @@ def describe_package(meta: dict) -> list[tuple[str, str]]:
         ("bands", ", ".join(f"{b['name']} ({b['dtype']})" for b in meta["bands"])),
         ("tile / padding", f"{meta['tile_size']} px / {meta['padding']} px"),
         ("resolution", f"{meta['resolution'][0]:g}" if meta.get("resolution") else "unknown"),
-        ("trained", f"{training.get('epochs')} epochs, lr {training.get('lr', float('nan')):.3g}, "
-                    f"seed {training.get('seed')}"),
-        ("created", f"{meta.get('created')} with sparsecover {meta.get('versions', {}).get('sparsecover')}"),
     ]
+    if training.get("epochs") is not None:  # absent from packages written by hand (no training record)
+        lines.append(("trained", f"{training['epochs']} epochs, lr {training.get('lr', float('nan')):.3g}, "
+                                 f"seed {training.get('seed')}"))
+    if meta.get("created"):
+        lines.append(("created", f"{meta['created']} with sparsecover {meta.get('versions', {}).get('sparsecover')}"))
     if metrics:
         lines.append(("validation", f"accuracy {metrics['overall_accuracy']:.3f}, macro-F1 "
                                     f"{metrics['macro_f1']:.3f}, kappa {metrics['kappa']:.3f}"))
-    if meta.get("members"):
-        lines.append(("members", ", ".join(sorted(meta["members"]))))
+    if meta.get("members"):  # the package's files (not an ensemble's members: see "model")
+        lines.append(("files", ", ".join(sorted(meta["members"]))))
     return lines
 
 
