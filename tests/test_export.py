@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
 from rasterio import features
+from rasterio.enums import ColorInterp
+from rasterio.transform import from_origin
+from rasterio.windows import Window
 
-from conftest import make_scene, scene_polygons, write_raster
-from sparsecover.raster import gdal_env
+from conftest import ORIGIN, RES, UTM, make_scene, scene_polygons, write_raster
+from sparsecover.raster import describe, gdal_env, read_window
 from sparsecover import SparsecoverError, SparsecoverWarning, export_training_data, open_chip_dataset
 
 
@@ -200,3 +204,41 @@ def test_gdal_messages_from_pool_threads_go_to_logging(tmp_path, caplog, capfd):
         list(pool.map(provoke, range(2)))
     assert "PhotometricInterpretation" not in capfd.readouterr().err
     assert sum("PhotometricInterpretation" in r.getMessage() for r in caplog.records) == 2
+
+
+def _rgba_scene(path: Path, fourth: np.ndarray) -> Path:
+    """A 4-band uint8 GeoTIFF written as PHOTOMETRIC=RGB, which tags the fourth band alpha."""
+    rng = np.random.default_rng(1)
+    data = np.concatenate([rng.integers(30, 200, (3, 64, 64)), fourth[None]]).astype("uint8")
+    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=4, dtype="uint8", crs=UTM,
+                       transform=from_origin(*ORIGIN, RES, RES), photometric="RGB", alpha="YES") as dst:
+        dst.write(data)
+    with rasterio.open(path) as src:
+        assert src.colorinterp[3] == ColorInterp.alpha
+    return path
+
+
+def test_an_alpha_tag_on_image_values_is_read_as_a_band(tmp_path):
+    """4-band NAIP often carries its NIR band tagged alpha: it is imagery, not a mask."""
+    nir = np.random.default_rng(2).integers(0, 200, (64, 64))
+    nir[:8] = 0  # dark water in NIR: a value of 0 must not mask the pixel
+    raster = _rgba_scene(tmp_path / "naip.tif", nir)
+    with pytest.warns(SparsecoverWarning, match="band 4 is tagged alpha but holds image values"):
+        with rasterio.open(raster) as src:
+            source = describe(src)
+    assert source.band_indexes == [1, 2, 3, 4]
+    with rasterio.open(raster) as src:
+        data, valid = read_window(src, Window(-4, -4, 72, 72), source.band_indexes)
+    assert (data[3, 4:-4, 4:-4] == nir).all()
+    assert valid[:, 4:-4, 4:-4].all() and not valid[:, :4].any()  # inside valid, the padding not
+
+
+def test_a_real_alpha_band_stays_a_mask(tmp_path):
+    alpha = np.full((64, 64), 255)
+    alpha[:, :10] = 0
+    raster = _rgba_scene(tmp_path / "rgba.tif", alpha)
+    with rasterio.open(raster) as src:
+        source = describe(src)
+        assert source.band_indexes == [1, 2, 3]
+        _, valid = read_window(src, Window(0, 0, 64, 64), source.band_indexes)
+    assert not valid[:, :, :10].any() and valid[:, :, 10:].all()

@@ -425,7 +425,7 @@ def _chip_pass(
         transform = rasterio.windows.transform(window, source.transform)
         with create(
             work_dir / "images" / f"{name}.tif", count=data.shape[0], dtype=data.dtype,
-            transform=transform, nodata=fill, **base,
+            transform=transform, nodata=fill, photometric="MINISBLACK", **base,  # not RGB: a 4th band is no alpha
         ) as dst:
             dst.write(data)
             dst.descriptions = tuple(b.name for b in source.bands)

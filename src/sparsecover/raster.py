@@ -24,7 +24,7 @@ from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from .errors import SparsecoverError
+from .errors import SparsecoverError, warn
 
 #: What a failed GDAL read or write raises: rasterio's own errors, and GDAL's errors passed through
 #: as they are (``rasterio.shutil.copy`` raises e.g. ``CPLE_AppDefinedError`` on a full disk).
@@ -217,7 +217,7 @@ def describe(src: rasterio.io.DatasetReader, require_crs: bool = True) -> Raster
         )
     if src.transform == Affine.identity() and require_crs:
         raise SparsecoverError(f"{path}: raster has no georeferencing (identity transform)")
-    indexes = [i for i, ci in zip(src.indexes, src.colorinterp) if ci != ColorInterp.alpha]
+    indexes = [i for i, ci in zip(src.indexes, src.colorinterp) if ci != ColorInterp.alpha or _alpha_holds_data(src, i)]
     if not indexes:
         raise SparsecoverError(f"{path}: raster has no image bands (only alpha)")
     bands = []
@@ -241,6 +241,31 @@ def describe(src: rasterio.io.DatasetReader, require_crs: bool = True) -> Raster
     )
 
 
+def _alpha_holds_data(src: rasterio.io.DatasetReader, band: int, grid: int = 3, size: int = 64) -> bool:
+    """Whether a band tagged alpha holds imagery rather than a mask, from a few small windows.
+
+    GDAL tags the fourth band of a 4-band GeoTIFF written as PHOTOMETRIC=RGB as alpha unless told
+    otherwise, so 4-band NAIP (red, green, blue, NIR) often arrives with its NIR band as "alpha":
+    read as a mask, the model would never see NIR. A real mask holds 0 and its maximum (255 for
+    8 bits); a band where over 1 % of the sampled pixels hold other values is imagery.
+    """
+    rows = np.unique(np.linspace(0, max(src.height - size, 0), grid).astype(int))
+    cols = np.unique(np.linspace(0, max(src.width - size, 0), grid).astype(int))
+    values = np.concatenate([
+        src.read(band, window=Window(int(c), int(r), min(size, src.width), min(size, src.height))).ravel()
+        for r in rows for c in cols
+    ])
+    top = np.iinfo(values.dtype).max if np.issubdtype(values.dtype, np.integer) else 1.0
+    share = float(np.mean((values != 0) & (values != top)))
+    if share <= 0.01:
+        return False
+    warn(f"{src.name}: band {band} is tagged alpha but holds image values ({share:.0%} of sampled pixels "
+         f"are neither 0 nor {top:g}); it is read as an image band (4-band NAIP's NIR often carries "
+         f"this tag). If it is a mask, make it one; if not, silence this with "
+         f"`gdal_edit.py -colorinterp_{band} undefined {Path(src.name).name}`")
+    return True
+
+
 def read_window(
     src: rasterio.io.DatasetReader, window: Window, indexes: list[int], dtype: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -254,10 +279,14 @@ def read_window(
     """
     try:
         data = read_padded(src, window, indexes, dtype=dtype)
-        if all(src.mask_flag_enums[i - 1] == [MaskFlags.all_valid] for i in indexes):
+        alpha_is_image = any(src.colorinterp[i - 1] == ColorInterp.alpha for i in indexes)
+        if alpha_is_image or all(src.mask_flag_enums[i - 1] == [MaskFlags.all_valid] for i in indexes):
             # no nodata, mask or alpha: only the part inside the raster is valid (reading the masks
-            # of such a raster decodes every block a second time)
+            # of such a raster decodes every block a second time). An alpha band read as imagery
+            # (see _alpha_holds_data) masks nothing: GDAL's masks, derived from it, do not apply.
             valid = _inside(src, window, len(indexes))
+            if alpha_is_image:
+                valid &= _not_nodata(src, data, indexes)
         else:
             valid = read_padded(src, window, indexes, masks=True) > 0
     except RasterioError as exc:
@@ -267,6 +296,16 @@ def read_window(
     if any(np.issubdtype(np.dtype(src.dtypes[i - 1]), np.floating) for i in indexes):
         valid &= np.isfinite(data)  # integer bands read as float cannot be NaN: skip the pass
     return data, valid
+
+
+def _not_nodata(src, data: np.ndarray, indexes: list[int]) -> np.ndarray:
+    """(bands, h, w) True where each band's value is not that band's nodata value."""
+    valid = np.ones(data.shape, dtype=bool)
+    for k, i in enumerate(indexes):
+        nodata = src.nodatavals[i - 1]
+        if nodata is not None and not math.isnan(nodata):
+            valid[k] = data[k] != nodata
+    return valid
 
 
 def _inside(src, window: Window, bands: int) -> np.ndarray:
