@@ -64,7 +64,8 @@ def test_classified_raster_matches_grid_and_carries_nodata(trained, train_chips,
         (v, f"class{v}", (classes == v).sum()) for v in (1, 2, 3) if (classes == v).any()]
     assert unit == "ha" and summary[0]["area"] == summary[0]["pixels"] * abs(profile["transform"].a * profile["transform"].e) / 1e4
     shown = CliRunner().invoke(cli, ["info", str(out)])
-    assert shown.exit_code == 0 and "class1" in shown.output and f"{summary[0]['pixels']:,}" in shown.output
+    # the classes the small network happens to predict vary with library versions: check those it did
+    assert shown.exit_code == 0 and summary[0]["name"] in shown.output and f"{summary[0]['pixels']:,}" in shown.output
     band = CliRunner().invoke(cli, ["info", str(holed)])
     assert band.exit_code == 2 and "not a class map" in band.output
 
