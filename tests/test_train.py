@@ -182,6 +182,48 @@ def test_lr_finder_suggests_and_plots(train_chips, tmp_path):
     assert not list(tmp_path.glob(".lr_find*"))
 
 
+def test_the_lr_suggestion_is_capped_where_the_loss_falls_to_the_end():
+    from sparsecover.train import MAX_SUGGESTED_LR, _suggest
+
+    lrs = np.logspace(-6, 0, 100).tolist()
+    # few chips: the loss still falls at LR 1 (a tenth of it, 0.1, diverged on 1 m NAIP)
+    assert _suggest(lrs, np.linspace(2.0, 0.1, 100).tolist()) == MAX_SUGGESTED_LR
+    bowl = ((np.log10(lrs) + 3) ** 2).tolist()  # lowest at 1e-3
+    assert _suggest(lrs, bowl) == pytest.approx(1e-4, rel=0.2)
+
+
+def test_training_patches_cover_the_chips_once_an_epoch(train_chips):
+    from sparsecover.data import ChipTorchDataset
+
+    whole = prepare(train_chips, TrainConfig(patch_size=None)).train
+    assert len(whole) == len(whole.indices) and whole[0][0].shape[-1] == 32
+    parts = dict(dataset=whole.dataset, indices=whole.indices, own_groups=set(whole.own_groups.tolist()),
+                 mapping=prepare(train_chips, TrainConfig()).mapping, normalisation=whole.normalisation,
+                 bands=whole.bands, train=True)
+    patches = ChipTorchDataset(patch=16, **parts)
+    assert len(patches) == 4 * len(whole.indices)  # 32 px chips, 16 px patches
+    torch.manual_seed(0)
+    image, target = patches[5]
+    assert image.shape == (len(whole.bands), 16, 16) and target.shape == (16, 16)
+    # its labels are a window of its chip's, flipped or rotated (the image also gets jitter)
+    _, chip_target = whole._load(5 % len(whole.indices))
+    windows = np.lib.stride_tricks.sliding_window_view(chip_target, (16, 16)).reshape(-1, 16, 16)
+    views = [np.rot90(t, k) for t in (target.numpy(), target.numpy()[:, ::-1]) for k in range(4)]
+    assert any(np.array_equal(v, w) for v in views for w in windows)
+    ChipTorchDataset.EPOCH_PIXELS, cap = 16 * 16 * 3, ChipTorchDataset.EPOCH_PIXELS
+    try:
+        assert len(ChipTorchDataset(patch=16, **parts)) == 3  # a capped epoch draws chips at random
+    finally:
+        ChipTorchDataset.EPOCH_PIXELS = cap
+    # validation always scores whole chips
+    assert len(ChipTorchDataset(patch=16, **{**parts, "train": False})) == len(whole.indices)
+
+
+def test_a_patch_size_off_the_network_grid_is_refused(train_chips):
+    with pytest.raises(SparsecoverError, match="--patch-size must be a multiple of 32"):
+        prepare(train_chips, TrainConfig(patch_size=100))
+
+
 def test_resume_after_sigkill_completes_the_same_epochs(train_chips, tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "sparsecover.cli", "train", str(train_chips), "--out", str(run), "--epochs", "5",
@@ -210,6 +252,23 @@ def test_resume_with_other_settings_is_refused(train_chips, tmp_path):
         train(train_chips, run, TrainConfig(**{**FAST, "epochs": 1, "batch_size": 4, "resume": True}))
     with pytest.raises(SparsecoverError, match="run folder exists and is not empty"):
         train(train_chips, run, TrainConfig(**FAST))
+
+
+def test_a_shallow_encoder_keeps_only_the_stages_it_uses():
+    from safetensors.torch import save
+
+    from sparsecover.model import build_model
+    from sparsecover.predict import network_from
+
+    network = build_model(4, 3, "resnet34", encoder_depth=3).eval()
+    assert not [k for k in network.state_dict() if k.startswith(("encoder.layer3.", "encoder.layer4."))]
+    assert sum(p.numel() for p in network.parameters()) < 2_000_000  # of 21.5 M with the unused stages
+    # a package written while the unused stages were still saved loads as the same network
+    meta = {"input_channels": 4, "classes": [1, 2, 3], "encoder": "resnet34", "architecture": "unet",
+            "encoder_depth": 3}
+    older = {**network.state_dict(), "encoder.layer4.0.conv1.weight": torch.zeros(512, 256, 3, 3)}
+    x = torch.randn(1, 4, 64, 64)
+    torch.testing.assert_close(network_from(meta, save(older))(x), network(x))
 
 
 def test_ddp_with_two_cpu_processes(train_chips, tmp_path):

@@ -7,7 +7,7 @@ The public API mirrors arcgis.learn's names so that its users feel at home::
                          tile_size=256, stride=64)
     data = prepare_data("chips/", batch_size=8, imagery_type="naip")
     model = UnetClassifier(data, backbone="resnet34", ignore_classes=[0])
-    model.fit(10)                      # lr=None: runs the LR finder first
+    model.fit(10)                      # lr=1e-3; lr=None runs the LR finder first
     model.per_class_metrics(); model.save("landcover")
 """
 

@@ -104,8 +104,10 @@ def _train_options(func):
     options = [
         click.option("--backbone", default="resnet34", show_default=True, help="Encoder (any segmentation-models-pytorch encoder)."),
         click.option("--architecture", default="unet", show_default=True, help="unet, unetplusplus, fpn or deeplabv3plus."),
-        click.option("--encoder-depth", default=5, show_default=True, type=click.IntRange(3, 5),
-                     help="Encoder stages kept (3-5): fewer = smaller receptive field and model."),
+        click.option("--encoder-depth", default=3, show_default=True, type=click.IntRange(3, 5),
+                     help="Encoder stages kept (3-5): fewer = smaller receptive field and model, steadier from few polygons."),
+        click.option("--patch-size", default=128, show_default=True, type=click.IntRange(0),
+                     help="Train on random patches of this size (a multiple of 32) cut from larger chips; 0 = whole chips."),
         click.option("--unlabelled-weight", default=1.0, show_default=True, type=click.FloatRange(0),
                      help="Weight of the pseudo-label loss on unlabelled pixels (semi-supervised); 0 = off."),
         click.option("--pseudo-threshold", default=0.9, show_default=True, type=click.FloatRange(0, 1),
@@ -142,7 +144,8 @@ def _config(**kw):
 @click.argument("chips", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder.")
 @click.option("--epochs", default=10, show_default=True)
-@click.option("--lr", default="auto", show_default=True, help="Learning rate, or auto to run the LR finder first.")
+@click.option("--lr", default="0.001", show_default=True,
+              help="Peak learning rate, or auto to run the LR finder first (its suggestion capped at 0.003).")
 @click.option("--early-stopping", type=int, help="Stop after N epochs without a better validation loss.")
 @click.option("--devices", default=1, show_default=True, help="Devices (GPUs or CPU processes) per node; >1 uses DDP.")
 @click.option("--num-nodes", default=1, show_default=True, help="Machines for multi-node DDP.")

@@ -52,14 +52,14 @@ def network_from(meta: dict, weights: bytes) -> torch.nn.Module:
     import torch
     from safetensors.torch import load as load_safetensors
 
-    from .model import build_ensemble
+    from .model import build_ensemble, without_dropped_stages
 
     with torch.device("meta"):
         network = build_ensemble(meta.get("ensemble", 1), num_bands=meta["input_channels"],
                                  num_classes=len(meta["classes"]), backbone=meta["encoder"],
                                  architecture=meta["architecture"], encoder_depth=meta.get("encoder_depth", 5))
     try:
-        network.load_state_dict(load_safetensors(weights), assign=True)
+        network.load_state_dict(without_dropped_stages(network, load_safetensors(weights)), assign=True)
     except Exception as exc:
         raise SparsecoverError(f"weights do not match model.json ({str(exc).splitlines()[0]})") from None
     return network.eval()

@@ -24,7 +24,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import lightning as L
@@ -61,8 +61,14 @@ PACKAGE_NAME = "model.sparsecover"  # the one-file package written at the end of
 HISTORY_COLUMNS = ["epoch", "train_loss", "valid_loss", "accuracy", "macro_f1", "lr", "time_s"]
 # Settings that may differ between a run and its --resume (the rest must match).
 RESUMABLE_DIFFERENCES = {"workers", "quiet", "resume", "onnx"}
+#: AdamW's learning rate for a network trained from scratch: the peak of the one-cycle schedule.
+DEFAULT_LR = 1e-3
+#: The LR finder's suggestion is capped here. On few chips its training loss can fall all the way
+#: to LR 1 (BatchNorm absorbs the steps) and it suggested 0.1 for 1 m NAIP, where validation loss
+#: then blew up to 1e14; 4.7e-3 blew up too (benchmarks/results/sparse_accuracy_2026-11-28.txt).
+MAX_SUGGESTED_LR = 3e-3
 # What a run made before a setting existed did (its config.json lacks the key).
-SETTINGS_BEFORE_THEY_EXISTED = {"members": 1}
+SETTINGS_BEFORE_THEY_EXISTED = {"members": 1, "patch_size": None}
 
 
 @dataclass
@@ -71,9 +77,9 @@ class TrainConfig:
 
     backbone: str = "resnet34"
     architecture: str = "unet"
-    encoder_depth: int = 5
+    encoder_depth: int = 3
     epochs: int = 10
-    lr: float | None = None  # None: run the LR finder first
+    lr: float | None = DEFAULT_LR  # None: run the LR finder first
     batch_size: int = 8
     val_fraction: float = 0.2
     ignore_classes: list[int] = field(default_factory=list)
@@ -93,6 +99,7 @@ class TrainConfig:
     unlabelled_weight: float = 1.0  # weight of the pseudo-label loss on unlabelled pixels; 0 = supervised only
     pseudo_threshold: float = 0.9  # confidence a pseudo-label needs
     members: int = 1  # networks trained from other random starts and averaged (an ensemble); costs members x
+    patch_size: int | None = 128  # train on random patches of this size cut from larger chips; None = whole chips
     onnx: bool = False  # also put model.onnx (+ model.emd) into the package
     quiet: bool = False
     resume: bool = False
@@ -136,7 +143,8 @@ def prepare(chips: ChipsArg, config: TrainConfig) -> Prepared:
     train_idx = [i for i, g in enumerate(group_sets) if g & split.train_groups or config.unlabelled_weight > 0]
     valid_idx = [i for i, g in enumerate(group_sets) if g & split.valid_groups]
     common = dict(dataset=dataset, mapping=mapping, normalisation=normalisation, bands=band_indices)
-    train = ChipTorchDataset(indices=train_idx, own_groups=split.train_groups, train=True, **common)
+    train = ChipTorchDataset(indices=train_idx, own_groups=split.train_groups, train=True, patch=config.patch_size,
+                             **common)
     valid = (
         ChipTorchDataset(indices=valid_idx, own_groups=split.valid_groups, train=False, score_once=True, **common)
         if valid_idx
@@ -147,6 +155,8 @@ def prepare(chips: ChipsArg, config: TrainConfig) -> Prepared:
         if config.class_weights == "auto"
         else [1.0] * len(mapping.values)
     )
+    if config.patch_size and config.patch_size % 32:
+        raise SparsecoverError(f"--patch-size must be a multiple of 32 (or 0 for whole chips), got {config.patch_size}")
     if config.class_weights not in ("auto", "none"):
         raise SparsecoverError(f"--class-weights must be auto or none, got {config.class_weights!r}")
     return Prepared(dataset, mapping, band_indices, band_names, normalisation, split, train, valid, weights)
@@ -212,17 +222,18 @@ class SegmentationTask(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         image, target = batch
+        n = len(image)
         unlabelled = target == UNLABELLED
         labelled_target = target.masked_fill(unlabelled, IGNORE_INDEX)
         semi = self.hparams.unlabelled_weight > 0 and bool(unlabelled.any())
         logits = self(torch.cat([image, strong_view(image)]) if semi else image)
-        loss, weight = self._supervised(logits[: len(image)], labelled_target)
+        loss, weight = self._supervised(logits[:n], labelled_target)
         self.train_loss.update(loss.detach(), weight.detach())
         self.log("train_loss", self.train_loss, on_step=False, on_epoch=True)
         if semi:
-            confidence, pseudo = logits[: len(image)].detach().softmax(1).max(1)
+            confidence, pseudo = logits[:n].detach().softmax(1).max(1)
             confident = unlabelled & (confidence >= self.hparams.pseudo_threshold)
-            per_pixel = nn.functional.cross_entropy(logits[len(image) :], pseudo, reduction="none")
+            per_pixel = nn.functional.cross_entropy(logits[n:], pseudo, reduction="none")
             loss = loss + self.hparams.unlabelled_weight * (per_pixel * confident).sum() / unlabelled.sum()
         return loss
 
@@ -383,12 +394,18 @@ def _trainer(config: TrainConfig, run: Path | None, callbacks: list, max_epochs:
 
 
 def find_lr(prepared: Prepared, config: TrainConfig, plot: Path | None = None, workdir: Path | None = None) -> float:
-    """LR range test (exponential sweep 1e-6..1 over up to 100 steps); returns the suggested LR."""
+    """LR range test (exponential sweep 1e-6..1 over 100 steps); returns the suggested LR.
+
+    The sweep trains on the labelled pixels alone (the semi-supervised term would double its cost
+    and says nothing about the LR the labels tolerate), on the same training patches as ``train``.
+    """
     _quiet_lightning(config.quiet)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    task = _task(prepared, config, lr=1e-3)
+    task = _task(prepared, replace(config, unlabelled_weight=0.0), lr=DEFAULT_LR)
     train, _ = _loaders(prepared, config)
     steps = 100
+    if not config.quiet:
+        print(f"LR finder: {steps} steps of {config.batch_size} patches", flush=True)
     trainer = _trainer(config, None, [], max_epochs=steps // max(1, len(train)) + 2,
                        root=workdir or (plot.parent if plot else None))
     from lightning.pytorch.tuner import Tuner
@@ -397,7 +414,7 @@ def find_lr(prepared: Prepared, config: TrainConfig, plot: Path | None = None, w
     with contextlib.redirect_stderr(io.StringIO()) if config.quiet else contextlib.nullcontext():
         finder = Tuner(trainer).lr_find(task, train_dataloaders=train, min_lr=1e-6, max_lr=1.0,
                                         num_training=steps, update_attr=False, early_stop_threshold=None)
-    suggestion = _suggest(finder.results["lr"], finder.results["loss"]) if finder is not None else 1e-3
+    suggestion = _suggest(finder.results["lr"], finder.results["loss"]) if finder is not None else DEFAULT_LR
     if plot is not None and finder is not None:
         plot_lr_curve(finder.results["lr"], finder.results["loss"], suggestion, plot)
     return float(suggestion)
@@ -423,13 +440,14 @@ def plot_lr_curve(lrs: list[float], losses: list[float], suggestion: float, path
 
 
 def _suggest(lrs: list[float], losses: list[float]) -> float:
-    """A tenth of the LR where the smoothed loss is lowest: robust where the steepest slope is noise."""
+    """A tenth of the LR where the smoothed loss is lowest (robust where the steepest slope is
+    noise), at most ``MAX_SUGGESTED_LR``."""
     pairs = [(lr, loss) for lr, loss in zip(lrs, losses) if math.isfinite(loss)]
     pairs = pairs[len(pairs) // 10 :]  # the first points of the smoothed curve are mostly bias
     if len(pairs) < 3:
-        return 1e-3
+        return DEFAULT_LR
     lr_at_min = min(pairs, key=lambda p: p[1])[0]
-    return float(lr_at_min / 10)
+    return float(min(lr_at_min / 10, MAX_SUGGESTED_LR))
 
 
 def _task(prepared: Prepared, config: TrainConfig, lr: float) -> SegmentationTask:
