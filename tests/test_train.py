@@ -224,10 +224,13 @@ def test_a_patch_size_off_the_network_grid_is_refused(train_chips):
         prepare(train_chips, TrainConfig(patch_size=100))
 
 
-def test_resume_after_sigkill_completes_the_same_epochs(train_chips, tmp_path):
+def test_resume_after_sigkill_repeats_the_uninterrupted_run(train_chips, tmp_path):
+    def command(run):
+        return [sys.executable, "-m", "sparsecover.cli", "train", str(train_chips), "--out", str(run), "--epochs",
+                "5", "--lr", "0.001", "--backbone", "resnet18", "-q", "--seed", "7"]
+
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "sparsecover.cli", "train", str(train_chips), "--out", str(run), "--epochs", "5",
-           "--lr", "0.001", "--backbone", "resnet18", "-q", "--seed", "7"]
+    cmd = command(run)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -244,6 +247,12 @@ def test_resume_after_sigkill_completes_the_same_epochs(train_chips, tmp_path):
     assert done.returncode == 0, done.stderr
     assert [int(r["epoch"]) for r in _history(run)] == [0, 1, 2, 3, 4]
     assert json.loads((run / "model" / "model.json").read_text())["training"]["epochs"] == 5
+    # the epochs after the kill are those of a run never killed: same weights, order and augmentation
+    whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    for resumed, uninterrupted in zip(_history(run), _history(tmp_path / "whole"), strict=True):
+        for key in ("train_loss", "valid_loss", "accuracy"):
+            assert float(resumed[key]) == pytest.approx(float(uninterrupted[key]), rel=1e-4, abs=1e-6), resumed
 
 
 def test_resume_with_other_settings_is_refused(train_chips, tmp_path):

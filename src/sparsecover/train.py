@@ -254,6 +254,21 @@ class SegmentationTask(L.LightningModule):
         self.log("accuracy", _finite(summary["overall_accuracy"]))
         self.log("macro_f1", _finite(summary["macro_f1"]))
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the chip order, the augmentation and the strong views draw from torch's RNG: a resumed run
+        # continues its stream and so repeats the uninterrupted run's epochs exactly
+        # (numpy's global RNG is not used: per-sample generators are seeded from torch's)
+        checkpoint["rng_state"] = {"torch": torch.get_rng_state(),
+                                   "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("rng_state")
+        if state is None:
+            return
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.hparams.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
@@ -539,8 +554,11 @@ def _fit(prepared: Prepared, config: TrainConfig, lr: float, folder: Path, seed:
     train_loader, valid_loader = _loaders(prepared, config)
     monitor = "valid_loss" if valid_loader is not None else "train_loss"
     best = ModelCheckpoint(dirpath=folder / "checkpoints", filename="best", monitor=monitor, mode="min",
-                           save_top_k=1, save_last=True, enable_version_counter=False)
-    callbacks: list = [best, EpochTable(folder / "history.csv", config.quiet)]
+                           save_top_k=1, enable_version_counter=False)
+    # every epoch's state, for --resume: Lightning's save_last writes only in epochs that improve the
+    # monitored loss, and a resume from there repeats the epochs after it
+    last = ModelCheckpoint(dirpath=folder / "checkpoints", filename="last", enable_version_counter=False)
+    callbacks: list = [best, last, EpochTable(folder / "history.csv", config.quiet)]
     if config.early_stopping:
         callbacks.append(EarlyStopping(monitor=monitor, patience=config.early_stopping, mode="min"))
     trainer = _trainer(config, folder, callbacks, config.epochs)
