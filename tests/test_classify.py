@@ -87,6 +87,28 @@ def test_contract_and_output_errors(trained, tmp_path):
     assert not (tmp_path / "o.tif").exists()
 
 
+def test_settings_or_inputs_that_would_give_a_meaningless_map_are_refused(trained, tmp_path):
+    from click.testing import CliRunner
+
+    from sparsecover.cli import cli
+
+    four = write_raster(tmp_path / "four.tif", np.full((4, 64, 64), 1000, "uint16"), nodata=0)
+    for settings, message in [({"batch_size": 0}, "--batch-size must be at least 1, got 0"),
+                              ({"batch_size": -1}, "--batch-size must be at least 1, got -1"),
+                              ({"padding": -32}, "--padding must be 0 or more, got -32")]:
+        with pytest.raises(SparsecoverError, match=message):
+            classify_pixels(four, trained, tmp_path / "o.tif", progress=False, **settings)
+    result = CliRunner().invoke(cli, ["classify", str(four), str(trained), "--out", str(tmp_path / "o.tif"),
+                                      "--batch-size", "-1", "-q"])
+    assert result.exit_code == 2 and "--batch-size must be at least 1" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    # every pixel nodata: an error, not an all-nodata map
+    empty = write_raster(tmp_path / "empty.tif", np.zeros((4, 64, 64), "uint16"), nodata=0)
+    with pytest.raises(SparsecoverError, match=r"empty.tif: no pixel to classify"):
+        classify_pixels(empty, trained, tmp_path / "o.tif", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.tif", "four.tif"]
+
+
 def test_confidence_probabilities_and_tta(trained, train_chips, tmp_path):
     scene = train_chips.parent / "classes_scene.tif"
     out = classify_pixels(scene, trained, tmp_path / "map.tif", tile_size=64, padding=16, tta=True,

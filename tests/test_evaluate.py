@@ -86,6 +86,19 @@ def test_points_polygons_and_exclusion(maps, tmp_path):
                      exclude=tmp_path / "exclude.gpkg", progress=False)
 
 
+def test_what_is_not_a_class_map_or_a_missing_exclusion_is_refused(maps, tmp_path):
+    _, reference, _, _ = maps
+    image = write_raster(tmp_path / "image.tif", np.random.default_rng(0).random((6, 80, 120)).astype("float32"))
+    with pytest.raises(SparsecoverError, match=r"image.tif: not a class map \(6 band\(s\) of float32\)"):
+        evaluate_map(image, reference, tmp_path / "e1")
+    with pytest.raises(SparsecoverError, match=r"nowhere.gpkg: exclusion polygons not found"):
+        evaluate_map(maps[0], reference, tmp_path / "e2", exclude=tmp_path / "nowhere.gpkg")
+    (tmp_path / "broken.gpkg").write_text("not a geopackage")
+    with pytest.raises(SparsecoverError, match=r"broken.gpkg: cannot read the exclusion polygons"):
+        evaluate_map(maps[0], reference, tmp_path / "e3", exclude=tmp_path / "broken.gpkg")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("e")]
+
+
 def test_area_estimates_follow_olofsson_example():
     # Olofsson et al. (2014), section 5 example: map strata areas (pixels) and the sample error matrix
     mapped = [200000, 150000, 3200000, 6450000]

@@ -25,6 +25,25 @@ def run(train_chips, tmp_path_factory):
     return train(train_chips, folder, TrainConfig(backbone="resnet18", epochs=1, lr=1e-3, quiet=True, onnx=True))
 
 
+def test_outputs_get_the_permissions_of_the_umask(run, train_chips, tmp_path):
+    """A chip dataset or package on a shared disk is readable as the umask allows, not private."""
+    import os
+    import stat
+
+    from sparsecover import export_training_data
+
+    scene = train_chips.parent / "classes_scene.tif"
+    old = os.umask(0o027)
+    try:
+        chips = export_training_data(scene, train_chips.parent / "polygons.gpkg", tmp_path / "chips",
+                                     class_field="classvalue", tile_size=32, stride=32, progress=False)
+        package = save_package(run, tmp_path / "shared.sparsecover")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(chips.stat().st_mode) == 0o750
+    assert stat.S_IMODE(package.stat().st_mode) == 0o640
+
+
 def torch_probabilities(model, raw: np.ndarray) -> np.ndarray:
     valid = np.ones(raw.shape[1:], dtype=bool)
     x = torch.from_numpy(model.normalisation.apply(raw, valid)[None])

@@ -330,6 +330,43 @@ def test_bad_training_input(train_chips, tmp_path):
         prepare(empty, TrainConfig())
 
 
+@pytest.mark.parametrize("setting, message", [
+    ({"epochs": 0}, "--epochs must be at least 1, got 0"),
+    ({"members": 0}, "--members must be at least 1, got 0"),
+    ({"batch_size": 0}, "--batch-size must be at least 1, got 0"),
+    ({"batch_size": -4}, "--batch-size must be at least 1, got -4"),
+    ({"val_fraction": 1.0}, r"--val-fraction must be in \[0, 1\), got 1.0"),
+    ({"lr": 0.0}, "--lr must be a positive number or auto, got 0.0"),
+    ({"unlabelled_weight": -1.0}, "--unlabelled-weight must be 0 or more"),
+    ({"pseudo_threshold": 1.5}, r"--pseudo-threshold must be in \[0, 1\]"),
+    ({"workers": -1}, "--workers must be 0 or more"),
+    ({"early_stopping": 0}, "--early-stopping must be at least 1"),
+    ({"patch_size": -32}, "--patch-size must be a multiple of 32"),
+    ({"class_weights": "sqrt"}, "--class-weights must be auto or none"),
+    ({"backbone": "resnet9000"}, "unknown backbone 'resnet9000'"),
+    ({"architecture": "segformer"}, "unknown architecture 'segformer'"),
+    ({"encoder_depth": 6}, "--encoder-depth must be 3, 4 or 5, got 6"),
+])
+def test_settings_out_of_range_are_refused_before_any_work(train_chips, tmp_path, setting, message):
+    with pytest.raises(SparsecoverError, match=message):
+        train(train_chips, tmp_path / "run", TrainConfig(**{**FAST, **setting}))
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SparsecoverError, match=message):
+        prepare(train_chips, TrainConfig(**{**FAST, **setting}))  # lr-find and the Python API
+
+
+def test_a_run_that_fails_before_its_first_epoch_leaves_nothing(train_chips, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(SparsecoverError, match="weights not found"):
+        train(train_chips, run, TrainConfig(**{**FAST, "weights": str(tmp_path / "missing.pt")}))
+    assert not run.exists()  # so the retry is a plain `train`, not a refused --resume
+    run.mkdir()  # an empty folder given as --out stays, empty
+    with pytest.raises(SparsecoverError, match="weights not found"):
+        train(train_chips, run, TrainConfig(**{**FAST, "weights": str(tmp_path / "missing.pt")}))
+    assert run.is_dir() and not any(run.iterdir())
+    assert (train(train_chips, run, TrainConfig(**{**FAST, "epochs": 1})) / "model.sparsecover").exists()
+
+
 def test_imagenet_stem_adaptation_maps_rgb_filters_by_band_name():
     conv_parent = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3))
     rgb = conv_parent[0].weight.detach().clone()

@@ -426,6 +426,7 @@ class _Outputs:
                  settings: Settings, resume: bool) -> None:
         self.finals = {"classes": out, "confidence": confidence, "probabilities": probabilities}
         self.finals = {k: v for k, v in self.finals.items() if v is not None}
+        self.source_path = source.path
         self.factors = overviews.levels(source.width, source.height)
         # (kind, 1) is the output itself, (kind, f) its overview level f
         self.partials = {(k, f): v.parent / (f".{v.name}.partial.tif" if f == 1 else f".{v.name}.partial.ovr{f}.tif")
@@ -553,6 +554,10 @@ class _Outputs:
         """The partial files as COGs, with the overviews written beside them (levels above
         :data:`overviews.ALIGNED` are computed now, from the level below)."""
         self.close(checked=True)
+        if not (self.done_counts + self.pending_counts)[1:].any():
+            self.discard()
+            raise SparsecoverError(f"{self.source_path}: no pixel to classify (every pixel is nodata or NaN, or "
+                                   "outside the AOI); check the raster's nodata value and the AOI")
         for kind, final in self.finals.items():
             levels = {f: self.partials[kind, f] for f in self.factors}
             overviews.upper_levels(levels, self.NODATA[kind])
@@ -669,7 +674,11 @@ def classify_pixels(
             raise SparsecoverError(f"{path}: already exists; pass --overwrite to replace it")
         if not path.parent.exists():
             raise SparsecoverError(f"{path.parent}: output folder does not exist; create it first")
-    if tile_size % MULTIPLE or tile_size < 2 * padding + MULTIPLE or padding < 0:
+    if padding < 0:
+        raise SparsecoverError(f"--padding must be 0 or more, got {padding}")
+    if batch_size is not None and batch_size < 1:
+        raise SparsecoverError(f"--batch-size must be at least 1, got {batch_size}")
+    if tile_size % MULTIPLE or tile_size < 2 * padding + MULTIPLE:
         raise SparsecoverError(f"--tile-size must be a multiple of {MULTIPLE} and at least 2 x --padding + {MULTIPLE} "
                                f"(got {tile_size}, {padding})")
     torch_device = _device(device)

@@ -63,7 +63,12 @@ def _read_reference_vector(path: Path, class_field: str | None, crs) -> gpd.GeoD
 def _exclusion(path: Path | None, crs) -> gpd.GeoDataFrame | None:
     if path is None:
         return None
-    frame = gpd.read_file(path, engine="pyogrio")
+    if not path.exists():
+        raise SparsecoverError(f"{path}: exclusion polygons not found; check the --exclude path")
+    try:
+        frame = gpd.read_file(path, engine="pyogrio")
+    except Exception as exc:  # pyogrio's DataSourceError and kin: not a readable vector file
+        raise SparsecoverError(f"{path}: cannot read the exclusion polygons ({str(exc).splitlines()[0]})") from None
     if frame.crs is None:
         raise SparsecoverError(f"{path}: exclusion polygons have no CRS; assign one first")
     return frame.to_crs(crs)
@@ -95,6 +100,10 @@ def evaluate_map(classified: str | Path, reference: str | Path, out: str | Path,
     with gdal_env(), open_raster(classified) as src:
         if src.crs is None:
             raise SparsecoverError(f"{classified}: classified raster has no CRS")
+        if src.count != 1 or not np.issubdtype(np.dtype(src.dtypes[0]), np.integer):
+            raise SparsecoverError(
+                f"{classified}: not a class map ({src.count} band(s) of {src.dtypes[0]}); evaluate scores a "
+                "single-band map of integer class values, as `classify` writes")
         names = class_table(src)
         excluded = _exclusion(exclude, src.crs)
         if reference.suffix.lower() in VECTOR_SUFFIXES:

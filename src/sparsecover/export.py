@@ -20,7 +20,6 @@ import datetime as _dt
 import json
 import os
 import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +60,7 @@ from .raster import (
     thread_pool,
     tile_offsets,
 )
+from .staging import staging_folder
 
 BLOCK = 512  # scan-pass block size; also the block inside which raster-label regions are numbered
 
@@ -137,7 +137,7 @@ def export_training_data(
     else:
         label_raster = read_label_raster(labels)
 
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    work = staging_folder(out)
     try:
         with gdal_env():
             dataset = _export(

@@ -35,12 +35,7 @@ def build_model(
     decoder): a smaller receptive field and far fewer weights, which generalise better from a few
     small polygons than the full network, which learns the polygons' context by heart.
     """
-    if architecture not in ARCHITECTURES:
-        raise SparsecoverError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
-    if backbone not in smp.encoders.get_encoder_names():
-        raise SparsecoverError(f"unknown backbone {backbone!r}; e.g. resnet18, resnet34, resnet50, efficientnet-b0")
-    if not 3 <= encoder_depth <= 5:
-        raise SparsecoverError(f"--encoder-depth must be 3, 4 or 5, got {encoder_depth}")
+    check_network(backbone, architecture, encoder_depth)
     cls = ARCHITECTURES[architecture]
     shape = {"encoder_depth": encoder_depth}
     if architecture in ("unet", "unetplusplus"):
@@ -61,6 +56,16 @@ def build_model(
     if weights not in (None, "none"):
         load_weights(model, Path(weights))
     return model
+
+
+def check_network(backbone: str, architecture: str, encoder_depth: int) -> None:
+    """Refuse a network that cannot be built, before a run writes anything."""
+    if architecture not in ARCHITECTURES:
+        raise SparsecoverError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+    if backbone not in smp.encoders.get_encoder_names():
+        raise SparsecoverError(f"unknown backbone {backbone!r}; e.g. resnet18, resnet34, resnet50, efficientnet-b0")
+    if not 3 <= encoder_depth <= 5:
+        raise SparsecoverError(f"--encoder-depth must be 3, 4 or 5, got {encoder_depth}")
 
 
 class DroppedStage(nn.Identity):

@@ -19,7 +19,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Collection
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import SparsecoverError
+from .staging import staging_file
 
 if TYPE_CHECKING:
     import torch
@@ -68,8 +68,7 @@ def save_package(source: str | Path, out: str | Path, onnx: bool = False, overwr
         members[ONNX] = onnx_bytes(meta, network_from(meta, members[WEIGHTS]))
         members[EMD] = json.dumps(esri_definition(meta, ONNX), indent=1).encode()
     meta = {**meta, "members": {name: _sha256(data) for name, data in members.items()}}
-    handle, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
-    os.close(handle)
+    tmp = staging_file(out)
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             archive.writestr(MODEL_JSON, json.dumps(meta, indent=1))
@@ -78,7 +77,7 @@ def save_package(source: str | Path, out: str | Path, onnx: bool = False, overwr
                 archive.writestr(name, data, compress_type=zipfile.ZIP_STORED if name in (WEIGHTS, ONNX) else None)
         os.replace(tmp, out)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return out
 

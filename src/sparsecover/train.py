@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -54,7 +55,7 @@ from .data import (
 )
 from .errors import SparsecoverError
 from .metrics import summarize
-from .model import Ensemble, build_model
+from .model import Ensemble, build_model, check_network
 
 MODEL_DIR = "model"
 PACKAGE_NAME = "model.sparsecover"  # the one-file package written at the end of every run
@@ -123,13 +124,36 @@ class Prepared:
 ChipsArg = str | Path | list[str | Path] | ChipDataset  # one dataset folder, several, or an opened one
 
 
+def check_settings(config: TrainConfig) -> None:
+    """Refuse settings out of range before any work: the CLI and the Python API pass through here."""
+    rules = [
+        (config.epochs >= 1, f"--epochs must be at least 1, got {config.epochs}"),
+        (config.members >= 1, f"--members must be at least 1, got {config.members}"),
+        (config.batch_size >= 1, f"--batch-size must be at least 1, got {config.batch_size}"),
+        (0 <= config.val_fraction < 1, f"--val-fraction must be in [0, 1), got {config.val_fraction}"),
+        (config.lr is None or config.lr > 0, f"--lr must be a positive number or auto, got {config.lr}"),
+        (config.unlabelled_weight >= 0, f"--unlabelled-weight must be 0 or more, got {config.unlabelled_weight}"),
+        (0 <= config.pseudo_threshold <= 1, f"--pseudo-threshold must be in [0, 1], got {config.pseudo_threshold}"),
+        (config.weight_decay >= 0, f"weight_decay must be 0 or more, got {config.weight_decay}"),
+        (config.workers >= 0, f"--workers must be 0 or more, got {config.workers}"),
+        (config.early_stopping is None or config.early_stopping >= 1,
+         f"--early-stopping must be at least 1, got {config.early_stopping}"),
+        (not config.patch_size or (config.patch_size > 0 and config.patch_size % 32 == 0),
+         f"--patch-size must be a multiple of 32 (or 0 for whole chips), got {config.patch_size}"),
+        (config.class_weights in ("auto", "none"), f"--class-weights must be auto or none, got {config.class_weights!r}"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            raise SparsecoverError(message)
+    check_network(config.backbone, config.architecture, config.encoder_depth)
+
+
 def prepare(chips: ChipsArg, config: TrainConfig) -> Prepared:
     """Open chip dataset(s) and build the class mapping, normalisation and leak-free split."""
+    check_settings(config)
     dataset = chips if isinstance(chips, ChipDataset) else open_chip_datasets(chips)
     if len(dataset) == 0:
         raise SparsecoverError(f"{dataset.root}: the chip dataset holds no chips")
-    if not 0 <= config.val_fraction < 1:
-        raise SparsecoverError(f"--val-fraction must be in [0, 1), got {config.val_fraction}")
     mapping = class_mapping(dataset, list(config.ignore_classes))
     band_indices, band_names = select_bands(dataset, config.bands, config.imagery_type)
     stats = [dataset.statistics[i] for i in band_indices]
@@ -155,10 +179,6 @@ def prepare(chips: ChipsArg, config: TrainConfig) -> Prepared:
         if config.class_weights == "auto"
         else [1.0] * len(mapping.values)
     )
-    if config.patch_size and config.patch_size % 32:
-        raise SparsecoverError(f"--patch-size must be a multiple of 32 (or 0 for whole chips), got {config.patch_size}")
-    if config.class_weights not in ("auto", "none"):
-        raise SparsecoverError(f"--class-weights must be auto or none, got {config.class_weights!r}")
     return Prepared(dataset, mapping, band_indices, band_names, normalisation, split, train, valid, weights)
 
 
@@ -495,23 +515,31 @@ def train(chips: ChipsArg, out: str | Path, config: TrainConfig | None = None) -
     """Train a model on chip dataset(s) into the run folder ``out``; returns the run folder."""
     config = config or TrainConfig()
     run = Path(out)
-    if config.epochs < 1:
-        raise SparsecoverError(f"--epochs must be at least 1, got {config.epochs}")
-    if config.members < 1:
-        raise SparsecoverError(f"--members must be at least 1, got {config.members}")
+    check_settings(config)
     _accelerator(config.device)
+    if not config.resume and run.exists() and any(run.iterdir()):
+        raise SparsecoverError(f"{run}: run folder exists and is not empty; use --resume or a new --out")
     prepared = prepare(chips, config)
     if config.resume:
         _check_resume(run, config, prepared.dataset)
-        saved = json.loads((run / "config.json").read_text())
-        lr = saved["settings"]["lr"]
-    else:
-        if run.exists() and any(run.iterdir()):
-            raise SparsecoverError(f"{run}: run folder exists and is not empty; use --resume or a new --out")
-        run.mkdir(parents=True, exist_ok=True)
+        return _train(prepared, run, config, json.loads((run / "config.json").read_text())["settings"]["lr"])
+    existed = run.exists()
+    run.mkdir(parents=True, exist_ok=True)
+    try:
         lr = config.lr if config.lr is not None else find_lr(prepared, config, run / "lr_find.png")
         settings = {**asdict(config), "lr": lr, "dataset": dataset_roots(prepared.dataset)}
         (run / "config.json").write_text(json.dumps({"settings": settings, "sparsecover_version": __version__}, indent=1))
+        return _train(prepared, run, config, lr)
+    except BaseException:
+        if not (run / "checkpoints" / "last.ckpt").exists():  # nothing --resume could use: as if never started
+            shutil.rmtree(run, ignore_errors=True)
+            if existed:
+                run.mkdir()
+        raise
+
+
+def _train(prepared: Prepared, run: Path, config: TrainConfig, lr: float) -> Path:
+    """The members' fits, validation metrics and the model package of a started run."""
     _quiet_lightning(config.quiet)
     tasks = []
     for k in range(config.members):
