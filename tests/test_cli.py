@@ -48,6 +48,7 @@ def test_export_then_info(tmp_path):
                                  "--class-name-field", "classname", "--out", str(out), "--tile-size", "32",
                                  "--stride", "16", "-q", "--class-colors", "2=#00aa00"])
     assert result.exit_code == 0, result.output
+    assert "chips of 32 px" in result.output and "classes" not in result.output  # -q: a summary, no tables
     result = runner.invoke(cli, ["info", str(out)])
     assert result.exit_code == 0
     for text in ("water", "forest", "developed", "#00aa00", "blue", "nir", "spatial groups"):

@@ -82,7 +82,7 @@ def stack(bands, output, band_names, resample, cog, overwrite) -> None:
 @click.option("--class-colors", help="Colours as VALUE=#rrggbb,... (default: land-cover palette).")
 @click.option("--workers", type=int, help="Threads for reading and writing (default: cores, at most 4).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars; one summary line instead of the tables.")
 def export(rasters, labels, class_field, class_name_field, out, tile_size, stride, all_tiles,
            class_colors, workers, overwrite, quiet) -> None:
     """Export image and label chips (a chip dataset) from raster(s) and labels."""
@@ -96,7 +96,7 @@ def export(rasters, labels, class_field, class_name_field, out, tile_size, strid
         class_colors=parse_color_pairs(class_colors), overwrite=overwrite, workers=workers,
         progress=not quiet,
     )
-    _print_dataset(open_chip_dataset(path))
+    _print_dataset(open_chip_dataset(path), summary_only=quiet)
 
 
 def _train_options(func):
@@ -382,9 +382,11 @@ def demo(out: Path, epochs: int, backbone: str, overwrite: bool, quiet: bool) ->
     )
 
 
-def _print_dataset(ds) -> None:
+def _print_dataset(ds, summary_only: bool = False) -> None:
     out_console.print(f"[bold]{ds.root}[/] ({ds.kind}): {len(ds)} chips of {ds.tile_size} px"
                       + (f", stride {ds.stride}" if ds.stride else ""))
+    if summary_only:
+        return
     if ds.resolution:
         out_console.print(f"resolution {ds.resolution[0]:g} x {ds.resolution[1]:g}, dtype {ds.dtype}")
     bands = Table(title="bands", title_justify="left")
