@@ -261,6 +261,15 @@ def test_resume_with_other_settings_is_refused(train_chips, tmp_path):
         train(train_chips, run, TrainConfig(**{**FAST, "epochs": 1, "batch_size": 4, "resume": True}))
     with pytest.raises(SparsecoverError, match="run folder exists and is not empty"):
         train(train_chips, run, TrainConfig(**FAST))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SparsecoverError, match="file: is a file; --out names the run folder"):
+        train(train_chips, tmp_path / "file", TrainConfig(**FAST))
+    with pytest.raises(SparsecoverError, match=r"new: nothing to resume \(no config.json and checkpoints/last.ckpt\)"):
+        train(train_chips, tmp_path / "new", TrainConfig(**{**FAST, "resume": True}))
+    # the CLI checks --out itself, before it imports the training stack: the same line, exit 2
+    done = subprocess.run([sys.executable, "-m", "sparsecover.cli", "train", str(train_chips), "--out", str(run)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "run folder exists and is not empty" in done.stderr
 
 
 def test_a_shallow_encoder_keeps_only_the_stages_it_uses():

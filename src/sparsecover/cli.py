@@ -159,6 +159,9 @@ def _config(**kw):
 @_train_options
 def train(chips, out, epochs, lr, early_stopping, devices, num_nodes, strategy, resume, onnx, **kw) -> None:
     """Train a segmentation model (U-Net, ResNet34 by default) on one or more chip datasets."""
+    from .runfolder import check_run_folder
+
+    check_run_folder(out, resume)  # at once: the training stack takes seconds to import
     from .train import train as run_training
 
     try:

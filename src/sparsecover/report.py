@@ -18,6 +18,7 @@ import numpy as np
 
 from . import __version__
 from .errors import SparsecoverError
+from .runfolder import CONFIG
 
 
 def _img(path: Path, alt: str) -> str:
@@ -66,9 +67,9 @@ def build_report(run: str | Path, out: str | Path, classified: str | Path | None
     from .train import TrainConfig, prepare
 
     run, out = Path(run), Path(out)
-    if not (run / "config.json").exists():
-        raise SparsecoverError(f"{run}: not a training run folder (no config.json)")
-    config = json.loads((run / "config.json").read_text())["settings"]
+    if not (run / CONFIG).exists():
+        raise SparsecoverError(f"{run}: not a training run folder (no {CONFIG})")
+    config = json.loads((run / CONFIG).read_text())["settings"]
     sections = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

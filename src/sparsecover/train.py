@@ -56,6 +56,7 @@ from .data import (
 from .errors import SparsecoverError
 from .metrics import summarize
 from .model import Ensemble, build_model, check_network
+from .runfolder import CONFIG, LAST_CHECKPOINT, check_run_folder
 
 MODEL_DIR = "model"
 PACKAGE_NAME = "model.sparsecover"  # the one-file package written at the end of every run
@@ -496,10 +497,7 @@ def _task(prepared: Prepared, config: TrainConfig, lr: float) -> SegmentationTas
 
 
 def _check_resume(run: Path, config: TrainConfig, dataset: ChipDataset) -> None:
-    saved_path = run / "config.json"
-    if not saved_path.exists() or not (run / "checkpoints" / "last.ckpt").exists():
-        raise SparsecoverError(f"{run}: nothing to resume (no config.json and checkpoints/last.ckpt)")
-    saved = json.loads(saved_path.read_text())
+    saved = json.loads((run / CONFIG).read_text())
     current = {**asdict(config), "dataset": dataset_roots(dataset)}
     for key in sorted(set(saved["settings"]) | set(current)):
         if key in RESUMABLE_DIFFERENCES or key == "lr":
@@ -517,21 +515,20 @@ def train(chips: ChipsArg, out: str | Path, config: TrainConfig | None = None) -
     run = Path(out)
     check_settings(config)
     _accelerator(config.device)
-    if not config.resume and run.exists() and any(run.iterdir()):
-        raise SparsecoverError(f"{run}: run folder exists and is not empty; use --resume or a new --out")
+    check_run_folder(run, config.resume)
     prepared = prepare(chips, config)
     if config.resume:
         _check_resume(run, config, prepared.dataset)
-        return _train(prepared, run, config, json.loads((run / "config.json").read_text())["settings"]["lr"])
+        return _train(prepared, run, config, json.loads((run / CONFIG).read_text())["settings"]["lr"])
     existed = run.exists()
     run.mkdir(parents=True, exist_ok=True)
     try:
         lr = config.lr if config.lr is not None else find_lr(prepared, config, run / "lr_find.png")
         settings = {**asdict(config), "lr": lr, "dataset": dataset_roots(prepared.dataset)}
-        (run / "config.json").write_text(json.dumps({"settings": settings, "sparsecover_version": __version__}, indent=1))
+        (run / CONFIG).write_text(json.dumps({"settings": settings, "sparsecover_version": __version__}, indent=1))
         return _train(prepared, run, config, lr)
     except BaseException:
-        if not (run / "checkpoints" / "last.ckpt").exists():  # nothing --resume could use: as if never started
+        if not (run / LAST_CHECKPOINT).exists():  # nothing --resume could use: as if never started
             shutil.rmtree(run, ignore_errors=True)
             if existed:
                 run.mkdir()
@@ -590,7 +587,7 @@ def _fit(prepared: Prepared, config: TrainConfig, lr: float, folder: Path, seed:
     if config.early_stopping:
         callbacks.append(EarlyStopping(monitor=monitor, patience=config.early_stopping, mode="min"))
     trainer = _trainer(config, folder, callbacks, config.epochs)
-    resume_from = folder / "checkpoints" / "last.ckpt"
+    resume_from = folder / LAST_CHECKPOINT
     trainer.fit(task, train_loader, valid_loader, ckpt_path=resume_from if resume and resume_from.exists() else None)
     if not trainer.is_global_zero:
         return None
