@@ -208,14 +208,28 @@ def test_resume_after_sigkill_gives_the_uninterrupted_result(trained, train_chip
     # were saved with them, those written after the last checkpoint are counted again
     assert Path(f"{out}.aux.xml").read_text() == Path(f"{reference}.aux.xml").read_text()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".map.tif")]
-    # a resume with other settings is refused, naming the difference
-    settings = {"raster": str(big.resolve()), "model": str(Path(package).resolve()), "tile_size": 64,
-                "padding": 16, "tta": False, "engine": "torch", "aoi": None}
-    (tmp_path / ".y.tif.state.json").write_text(json.dumps({"settings": settings, "done": [], "counts": [0] * 256}))
-    for partial in (".y.tif.partial.tif", ".y.tif.partial.ovr2.tif"):  # the output and its overview level
-        (tmp_path / partial).write_bytes(reference.read_bytes())
-    with pytest.raises(SparsecoverError, match="--resume with other settings: padding was 16, now 8"):
+    # a resume with other settings, another model or a rewritten raster at the same paths is refused,
+    # naming the difference
+    stamp = f"{big.stat().st_size} bytes, modified {big.stat().st_mtime_ns} ns"
+    settings = {"raster": str(big.resolve()), "raster_stamp": stamp, "model": str(Path(package).resolve()),
+                "model_sha256": load_model(package).weights_sha256, "tile_size": 64, "padding": 16, "tta": False,
+                "engine": "torch", "aoi": None}
+
+    def interrupted(**changes):
+        state = {"settings": {**settings, **changes}, "done": [], "counts": [0] * 256}
+        (tmp_path / ".y.tif.state.json").write_text(json.dumps(state))
+        for partial in (".y.tif.partial.tif", ".y.tif.partial.ovr2.tif"):  # the output and its overview level
+            (tmp_path / partial).write_bytes(reference.read_bytes())
+
+    interrupted()
+    with pytest.raises(SparsecoverError, match="--resume with another input, model or settings: padding was 16, now 8"):
         classify_pixels(big, package, tmp_path / "y.tif", tile_size=64, padding=8, progress=False, resume=True)
+    interrupted(model_sha256="0" * 64)
+    with pytest.raises(SparsecoverError, match="model_sha256 was '0000"):
+        classify_pixels(big, package, tmp_path / "y.tif", tile_size=64, padding=16, progress=False, resume=True)
+    interrupted(raster_stamp="1 bytes, modified 0 ns")
+    with pytest.raises(SparsecoverError, match="raster_stamp was '1 bytes, modified 0 ns'"):
+        classify_pixels(big, package, tmp_path / "y.tif", tile_size=64, padding=16, progress=False, resume=True)
     # and so is the record of an older sparsecover, which had no class counts
     (tmp_path / ".y.tif.state.json").write_text(json.dumps({"settings": settings, "done": []}))
     with pytest.raises(SparsecoverError, match="older sparsecover .no class counts.; rerun without --resume"):

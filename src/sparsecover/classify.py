@@ -66,7 +66,9 @@ class Settings:
     """What decides the output's pixels; a --resume must use the same."""
 
     raster: str
+    raster_stamp: str  # size and modification time: a raster rewritten at the same path is another input
     model: str
+    model_sha256: str  # the weights: a model replaced at the same path is another model
     tile_size: int
     padding: int
     tta: bool
@@ -473,12 +475,12 @@ class _Outputs:
         if "counts" not in state:
             raise SparsecoverError(f"{self.state_path}: an interrupted run of an older sparsecover (no class counts); "
                                    "rerun without --resume")
-        saved = state["settings"]
-        if saved != asdict(self.settings):
-            changed = next(k for k in saved if saved[k] != asdict(self.settings).get(k))
+        saved, current = state["settings"], asdict(self.settings)
+        changed = [k for k in current if saved.get(k) != current[k]]
+        if changed:
             raise SparsecoverError(
-                f"--resume with other settings: {changed} was {saved[changed]!r}, now "
-                f"{asdict(self.settings)[changed]!r}; rerun with the same settings (or without --resume)"
+                f"--resume with another input, model or settings: {changed[0]} was {saved.get(changed[0])!r}, now "
+                f"{current[changed[0]]!r}; rerun with the same ones (or without --resume)"
             )
         return True
 
@@ -697,8 +699,10 @@ def classify_pixels(
         source = describe(src)
     aoi_mask = _aoi_masker(Path(aoi) if aoi else None, source)
     classes_only = confidence is None and probabilities is None
-    settings = Settings(str(Path(raster).resolve()), str(Path(model).resolve()) if not isinstance(model, LoadedModel)
-                        else "in-memory", tile_size, padding, tta, engine, str(aoi) if aoi else None)
+    stat = Path(raster).stat()
+    settings = Settings(str(Path(raster).resolve()), f"{stat.st_size} bytes, modified {stat.st_mtime_ns} ns",
+                        str(Path(model).resolve()) if not isinstance(model, LoadedModel) else "in-memory",
+                        loaded.weights_sha256, tile_size, padding, tta, engine, str(aoi) if aoi else None)
     with gdal_env():  # bounded GDAL cache for the outputs too; GDAL errors go to Python logging
         try:
             writer = _Outputs(out, Path(confidence) if confidence else None, Path(probabilities) if probabilities else None,

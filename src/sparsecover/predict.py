@@ -3,6 +3,7 @@ raster against its data contract before anything is classified (:mod:`sparsecove
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ class LoadedModel:
     meta: dict
     network: torch.nn.Module
     normalisation: Normalisation
+    weights_sha256: str = ""  # what the network is: classify --resume refuses another model at the same path
 
     @property
     def class_values(self) -> list[int]:
@@ -99,7 +101,8 @@ def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
     meta, weights = _read_model(path, with_weights=True)
     norm = meta["normalisation"]
     normalisation = Normalisation(norm["low"], norm["high"], norm["mean"], norm["std"])
-    return LoadedModel(meta, network_from(meta, weights).to(device), normalisation)
+    digest = meta.get("members", {}).get("weights.safetensors") or hashlib.sha256(weights).hexdigest()
+    return LoadedModel(meta, network_from(meta, weights).to(device), normalisation, digest)
 
 
 def check_contract(source: RasterSource, meta: dict, sample: list[np.ndarray] | None = None) -> list[str]:
