@@ -109,6 +109,17 @@ def test_settings_or_inputs_that_would_give_a_meaningless_map_are_refused(traine
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.tif", "four.tif"]
 
 
+def test_a_second_run_writing_the_same_output_is_refused(trained, tmp_path):
+    from sparsecover.staging import exclusive
+
+    four = write_raster(tmp_path / "four.tif", np.full((4, 64, 64), 1000, "uint16"), nodata=0)
+    with exclusive(tmp_path / "o.tif"):  # as a first run holds it while it writes
+        with pytest.raises(SparsecoverError, match=r"o.tif: another sparsecover run is writing it"):
+            classify_pixels(four, trained, tmp_path / "o.tif", progress=False)
+    assert classify_pixels(four, trained, tmp_path / "o.tif", progress=False).exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
 def test_confidence_probabilities_and_tta(trained, train_chips, tmp_path):
     scene = train_chips.parent / "classes_scene.tif"
     out = classify_pixels(scene, trained, tmp_path / "map.tif", tile_size=64, padding=16, tta=True,

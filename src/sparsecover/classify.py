@@ -43,6 +43,7 @@ from rasterio.windows import Window
 from . import overviews
 from .classes import ClassInfo, write_class_sidecar
 from .errors import SparsecoverError
+from .staging import exclusive
 from .predict import LoadedModel, check_raster, load_meta, load_model
 from .progress import track
 from .raster import (GDAL_CACHE_BYTES, GDAL_ERRORS, close_checked, common_dtype, describe, gdal_env,
@@ -676,6 +677,16 @@ def classify_pixels(
             raise SparsecoverError(f"{path}: already exists; pass --overwrite to replace it")
         if not path.parent.exists():
             raise SparsecoverError(f"{path.parent}: output folder does not exist; create it first")
+    with exclusive(out):
+        return _classify(raster, model, out, tile_size, padding, batch_size, tta, confidence, probabilities, aoi,
+                         device, engine, workers, dask_scheduler, resume, progress)
+
+
+def _classify(raster: str | Path, model: str | Path | LoadedModel, out: Path, tile_size: int, padding: int,
+              batch_size: int | None, tta: bool, confidence: str | Path | None, probabilities: str | Path | None,
+              aoi: str | Path | None, device: str, engine: str, workers: int | None, dask_scheduler: str | None,
+              resume: bool, progress: bool) -> Path:
+    """classify_pixels once its outputs are checked and locked."""
     if padding < 0:
         raise SparsecoverError(f"--padding must be 0 or more, got {padding}")
     if batch_size is not None and batch_size < 1:

@@ -1,4 +1,5 @@
-"""Hidden staging paths beside an output, renamed into place once complete.
+"""Hidden staging paths beside an output, renamed into place once complete, and the lock that
+keeps two runs from writing the same output.
 
 tempfile makes them private (folders 0700, files 0600) and a rename keeps that, so a chip dataset
 or model package on a shared disk would be unreadable to colleagues; these get the permissions the
@@ -7,9 +8,13 @@ user's umask gives any new file, as GDAL's and every GIS tool's outputs do.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+from .errors import SparsecoverError
 
 
 def _umask() -> int:
@@ -31,3 +36,32 @@ def staging_file(out: Path) -> Path:
     os.close(handle)
     os.chmod(path, 0o666 & ~_umask())
     return Path(path)
+
+
+@contextlib.contextmanager
+def exclusive(out: Path) -> Iterator[None]:
+    """Hold a lock on ``out`` while a run writes it (and its hidden partial files): a second run
+    with the same output is refused at once instead of overwriting the first one's partials.
+
+    The lock is an advisory ``flock`` on a hidden file beside ``out``, removed at the end; where
+    ``fcntl`` is missing (Windows) runs are not locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = out.parent / f".{out.name}.lock"
+    handle = open(path, "a")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SparsecoverError(f"{out}: another sparsecover run is writing it; wait for it to end "
+                                   "or choose another output") from None
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+    finally:
+        handle.close()
