@@ -127,6 +127,13 @@ def test_missing_files(raster, tmp_path):
         _run(tmp_path / "nope.tif", tmp_path / "nope.gpkg", tmp_path)
 
 
+def test_a_tile_size_that_would_not_fit_in_memory(raster, tmp_path):
+    with pytest.raises(SparsecoverError, match=r"--tile-size 100000 makes chips of .* GiB each"):
+        export_training_data(raster, _labels(tmp_path, scene_polygons()), tmp_path / "out", class_field="classvalue",
+                             tile_size=100000, progress=False)
+    _assert_nothing_left(tmp_path)
+
+
 def test_output_exists(raster, tmp_path):
     (tmp_path / "out").mkdir()
     with pytest.raises(SparsecoverError, match=r"out: already exists; pass --overwrite"):

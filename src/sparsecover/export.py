@@ -62,6 +62,7 @@ from .raster import (
 )
 from .staging import staging_folder
 
+MAX_CHIP_BYTES = 2**30  # one chip in memory; a mistyped --tile-size 100000 would allocate 37 GiB
 BLOCK = 512  # scan-pass block size; also the block inside which raster-label regions are numbered
 
 
@@ -127,6 +128,10 @@ def export_training_data(
         with open_raster(path) as src:
             sources.append(describe(src))
     _check_same_bands(sources)
+    chip_bytes = tile_size * tile_size * sources[0].pixel_bytes
+    if chip_bytes > MAX_CHIP_BYTES:
+        raise SparsecoverError(f"--tile-size {tile_size} makes chips of {chip_bytes / 2**30:.1f} GiB each (at most "
+                               f"{MAX_CHIP_BYTES // 2**30} GiB); use the chip size the model trains on, e.g. 256")
 
     polygons: PolygonLabels | None = None
     label_raster: RasterLabels | None = None
