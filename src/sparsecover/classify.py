@@ -43,11 +43,11 @@ from rasterio.windows import Window
 from . import overviews
 from .classes import ClassInfo, write_class_sidecar
 from .errors import SparsecoverError
-from .staging import exclusive
 from .predict import LoadedModel, check_raster, load_meta, load_model
 from .progress import track
 from .raster import (GDAL_CACHE_BYTES, GDAL_ERRORS, close_checked, common_dtype, describe, gdal_env,
                      open_raster, read_window, thread_pool)
+from .staging import exclusive
 
 MULTIPLE = 32  # U-Net encoders downsample 5 times: tile sides must be multiples of 32
 #: Batches that may wait between the stages (read -> predict -> write) so that a slow moment in one
@@ -677,6 +677,13 @@ def classify_pixels(
             raise SparsecoverError(f"{path}: already exists; pass --overwrite to replace it")
         if not path.parent.exists():
             raise SparsecoverError(f"{path.parent}: output folder does not exist; create it first")
+    if padding < 0:
+        raise SparsecoverError(f"--padding must be 0 or more, got {padding}")
+    if batch_size is not None and batch_size < 1:
+        raise SparsecoverError(f"--batch-size must be at least 1, got {batch_size}")
+    if tile_size % MULTIPLE or tile_size < 2 * padding + MULTIPLE:
+        raise SparsecoverError(f"--tile-size must be a multiple of {MULTIPLE} and at least 2 x --padding + {MULTIPLE} "
+                               f"(got {tile_size}, {padding})")
     with exclusive(out):
         return _classify(raster, model, out, tile_size, padding, batch_size, tta, confidence, probabilities, aoi,
                          device, engine, workers, dask_scheduler, resume, progress)
@@ -687,13 +694,6 @@ def _classify(raster: str | Path, model: str | Path | LoadedModel, out: Path, ti
               aoi: str | Path | None, device: str, engine: str, workers: int | None, dask_scheduler: str | None,
               resume: bool, progress: bool) -> Path:
     """classify_pixels once its outputs are checked and locked."""
-    if padding < 0:
-        raise SparsecoverError(f"--padding must be 0 or more, got {padding}")
-    if batch_size is not None and batch_size < 1:
-        raise SparsecoverError(f"--batch-size must be at least 1, got {batch_size}")
-    if tile_size % MULTIPLE or tile_size < 2 * padding + MULTIPLE:
-        raise SparsecoverError(f"--tile-size must be a multiple of {MULTIPLE} and at least 2 x --padding + {MULTIPLE} "
-                               f"(got {tile_size}, {padding})")
     torch_device = _device(device)
     if isinstance(model, LoadedModel):
         loaded = model

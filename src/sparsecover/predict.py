@@ -101,7 +101,9 @@ def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
     meta, weights = _read_model(path, with_weights=True)
     norm = meta["normalisation"]
     normalisation = Normalisation(norm["low"], norm["high"], norm["mean"], norm["std"])
-    digest = meta.get("members", {}).get("weights.safetensors") or hashlib.sha256(weights).hexdigest()
+    from .package import WEIGHTS
+
+    digest = meta.get("members", {}).get(WEIGHTS) or hashlib.sha256(weights).hexdigest()  # packages hold it
     return LoadedModel(meta, network_from(meta, weights).to(device), normalisation, digest)
 
 
