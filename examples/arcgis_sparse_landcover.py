@@ -62,6 +62,12 @@ def main() -> None:
     print(f"map vs reference: overall accuracy {scores['overall_accuracy']:.3f}, macro-F1 {scores['macro_f1']:.3f}, "
           f"kappa {scores['kappa']:.3f}")
 
+    # Not in ArcGIS either: where the next polygons would help most, as squares to fill in in QGIS, then
+    # export again with both files (export_training_data(scene, [polygons, squares], ...)) and fit again.
+    squares = model.suggest(scene, out / "to_label.gpkg", n=30, labels=data_dir / "landsat96_polygons.gpkg",
+                            overwrite=True)
+    print(f"label next: {squares}")
+
 
 if __name__ == "__main__":
     main()

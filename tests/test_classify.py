@@ -137,6 +137,22 @@ def test_confidence_probabilities_and_tta(trained, train_chips, tmp_path):
     assert (plain == classes).mean() > 0.8  # TTA changes a few pixels, not the map
 
 
+def test_class_prior_labels_applies_the_decision_offsets_and_balanced_leaves_them_out(trained, train_chips, tmp_path):
+    scene = train_chips.parent / "classes_scene.tif"
+    loaded = load_model(trained)
+    loaded.meta["decision_offsets"] = [0.5, -1.0, 0.2]
+    kw = dict(tile_size=64, padding=16, progress=False)
+    labels = classify_pixels(scene, loaded, tmp_path / "l.tif", probabilities=tmp_path / "pl.tif", **kw)
+    balanced = classify_pixels(scene, loaded, tmp_path / "b.tif", probabilities=tmp_path / "pb.tif",
+                               class_prior="balanced", **kw)
+    p_labels, p_balanced = (rasterio.open(tmp_path / name).read() for name in ("pl.tif", "pb.tif"))
+    tilted = p_balanced * np.exp(np.array([0.5, -1.0, 0.2]))[:, None, None]
+    np.testing.assert_allclose(p_labels, tilted / tilted.sum(0), atol=1e-4)
+    assert (rasterio.open(labels).read(1) != rasterio.open(balanced).read(1)).any()
+    with pytest.raises(SparsecoverError, match="--class-prior must be labels or balanced"):
+        classify_pixels(scene, loaded, tmp_path / "x.tif", class_prior="uniform", **kw)
+
+
 def test_onnx_engine_matches_torch(trained, train_chips, tmp_path):
     scene = train_chips.parent / "classes_scene.tif"
     a = classify_pixels(scene, trained, tmp_path / "t.tif", tile_size=64, padding=16, probabilities=tmp_path / "tp.tif",

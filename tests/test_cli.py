@@ -12,7 +12,7 @@ from conftest import make_scene, scene_polygons
 from sparsecover import __version__
 from sparsecover.cli import cli
 
-COMMANDS = ["stack", "export", "info", "demo", "train", "lr-find", "classify", "package", "export-onnx", "check", "evaluate", "report"]
+COMMANDS = ["stack", "export", "info", "demo", "train", "lr-find", "classify", "suggest", "package", "export-onnx", "check", "evaluate", "report"]
 
 
 def test_version_and_help():

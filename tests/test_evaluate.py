@@ -130,12 +130,17 @@ def test_report_renders_in_a_real_browser(tmp_path, train_chips):
                                  tile_size=64, padding=16, progress=False)
     evaluation = tmp_path / "evaluation"
     evaluate_map(classified, train_chips.parent / "polygons.gpkg", evaluation, class_field="classvalue", progress=False)
-    report = build_report(run, tmp_path / "report.html", classified=classified, evaluation=evaluation)
+    from sparsecover.suggest import suggest_labels
+
+    squares = suggest_labels(train_chips.parent / "classes_scene.tif", run, tmp_path / "to_label.gpkg", n=5, size=4,
+                             uncertainty=tmp_path / "unc.tif", tile_size=64, padding=16, progress=False)
+    report = build_report(run, tmp_path / "report.html", classified=classified, evaluation=evaluation,
+                          uncertainty=tmp_path / "unc.tif", suggestions=squares)
     text = report.read_text()
     for heading in ("Data", "Settings", "Training", "Validation (held-out polygons)", "image | ground truth | prediction",
-                    "Map", "Map accuracy against polygons.gpkg"):
+                    "Map", "Map accuracy against polygons.gpkg", "Where to label next"):
         assert heading in text, heading
-    assert text.count("data:image/png;base64,") >= 5 and "http://" not in text and "https://" not in text
+    assert text.count("data:image/png;base64,") >= 6 and "http://" not in text and "https://" not in text
     if chromium is None:
         pytest.skip("Chromium not installed (Debian package chromium; .ci/run installs it): browser check skipped")
     shot = tmp_path / "shot.png"

@@ -158,6 +158,7 @@ def test_six_band_model_refuses_four_band_naip(nc_model, shared_data, tmp_path):
 def test_onnx_matches_pytorch_on_real_landsat_chips(nc_model, nc_export, tmp_path):
     import torch
 
+    from sparsecover.model import offsets_of
     from sparsecover.package import export_onnx, onnx_session
     from sparsecover.predict import load_model
 
@@ -175,7 +176,7 @@ def test_onnx_matches_pytorch_on_real_landsat_chips(nc_model, nc_export, tmp_pat
             continue  # nodata handling differs by design: sparsecover zeroes it, the raw graph cannot know
         x = torch.from_numpy(model.normalisation.apply(raw, valid)[None])
         with torch.no_grad():
-            expected = torch.softmax(model.network(x), 1).numpy()
+            expected = torch.softmax(model.network(x) + offsets_of(model.meta), 1).numpy()
         worst = max(worst, float(np.abs(session.run(None, {"image": raw[None]})[0] - expected).max()))
         compared += 1
     assert compared >= 3 and worst < 1e-4

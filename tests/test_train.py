@@ -165,6 +165,37 @@ def test_train_writes_run_folder_model_and_history(train_chips, tmp_path):
     assert {c["class"] for c in metrics["per_class"]} == {"class1", "class2", "class3"}
 
 
+def test_the_model_decides_under_the_labels_class_frequencies(tmp_path):
+    """Inverse-frequency class weights tilt the network towards rare classes; the package's decision
+    offsets (-log weight, inside the graph classify and ONNX run) undo the tilt."""
+    from sparsecover.model import RawInputModel
+    from sparsecover.predict import load_model
+
+    polygons = class_polygons(values=(1, 2, 3), per_class=3)
+    polygons = polygons.iloc[:7]  # class 3 keeps one polygon: the rarest, the heaviest weight
+    raster = make_class_scene(tmp_path, polygons)
+    labels = tmp_path / "p.gpkg"
+    polygons.to_file(labels)
+    chips = export_training_data(raster, labels, tmp_path / "chips", class_field="classvalue", tile_size=32,
+                                 stride=16, progress=False)
+    config = TrainConfig(**{**FAST, "val_fraction": 0.0})
+    weights = prepare(chips, config).weights
+    assert weights[2] > weights[0] and weights[2] > weights[1]
+    run = train(chips, tmp_path / "run", config)
+    meta = json.loads((run / "model" / "model.json").read_text())
+    assert meta["decision_offsets"] == pytest.approx([-np.log(w) for w in weights])
+    assert meta["class_field"] == "classvalue"
+    loaded = load_model(run)
+    x = torch.from_numpy(rasterio.open(raster).read()[None, :, :64, :64].astype(np.float32))
+    module = RawInputModel(loaded.network, meta).eval()
+    plain = RawInputModel(loaded.network, {**meta, "decision_offsets": None}).eval()
+    with torch.no_grad():
+        offsets = torch.tensor(meta["decision_offsets"]).view(1, -1, 1, 1)
+        torch.testing.assert_close(module(x), torch.softmax(plain.logits(x) + offsets, dim=1))
+    unweighted = train(chips, tmp_path / "run2", TrainConfig(**{**FAST, "val_fraction": 0.0, "class_weights": "none"}))
+    assert json.loads((unweighted / "model" / "model.json").read_text())["decision_offsets"] == [0.0, 0.0, 0.0]
+
+
 def test_same_seed_same_history(train_chips, tmp_path):
     a = _history(train(train_chips, tmp_path / "a", TrainConfig(**FAST)))
     b = _history(train(train_chips, tmp_path / "b", TrainConfig(**FAST)))

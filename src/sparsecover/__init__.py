@@ -9,6 +9,7 @@ The public API mirrors arcgis.learn's names so that its users feel at home::
     model = UnetClassifier(data, backbone="resnet34", ignore_classes=[0])
     model.fit(10)                      # lr=1e-3; lr=None runs the LR finder first
     model.per_class_metrics(); model.save("landcover")
+    model.suggest("naip.tif", "to_label.gpkg", labels="labels.gpkg")  # where to label next
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ _LAZY = {
     "export_training_data": "export",
     "load_model": "predict",
     "stack_bands": "stack",
+    "suggest_labels": "suggest",
 }
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from .export import export_training_data
     from .predict import load_model
     from .stack import stack_bands
+    from .suggest import suggest_labels
 
 
 def __getattr__(name: str):

@@ -129,6 +129,17 @@ class UnetClassifier:
         chosen = pool[:: max(1, len(pool) // rows)][:rows]
         return show_results(self.data.dataset, load_model(self.run), chosen, path)
 
+    def suggest(self, raster: str | Path, out: str | Path, n: int = 30, size: int = 5,
+                labels: str | Path | None = None, uncertainty: str | Path | None = None, **options) -> Path:
+        """Where to label next: ``n`` squares of ``size`` pixels where the trained model is least
+        sure on ``raster``, as a GeoPackage to fill in (:func:`sparsecover.suggest.suggest_labels`)."""
+        from .suggest import suggest_labels
+
+        if self.run is None:
+            raise SparsecoverError("no model yet: call fit() first")
+        return suggest_labels(raster, self.run, out, n=n, size=size, labels=labels, uncertainty=uncertainty,
+                              **options)
+
     @classmethod
     def load(cls, path: str | Path, data: TrainingData | None = None) -> LoadedModel:
         """A saved model (``.sparsecover`` package or run folder), ready for :func:`classify_pixels`."""

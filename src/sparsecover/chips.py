@@ -61,6 +61,7 @@ class ChipDataset:
     resolution: tuple[float, float] | None = None
     group_table: dict[int, dict] = field(default_factory=dict)  # id -> {"class", "pixels"}
     block_origin: tuple[float, float] | None = None  # Esri: where the group block grid starts
+    class_field: str | None = None  # the label polygons' class field, named again by `suggest`
 
     def __len__(self) -> int:
         return len(self.chips)
@@ -180,6 +181,7 @@ def _open_sparsecover(root: Path) -> ChipDataset:
         crs_wkt=meta.get("crs"),
         resolution=tuple(meta["resolution"]) if meta.get("resolution") else None,
         group_table={g["id"]: {"class": g["class"], "pixels": g["pixels"]} for g in meta["groups"]},
+        class_field=(meta.get("labels") or {}).get("class_field"),
     )
 
 

@@ -13,7 +13,8 @@ Outputs: uint8 class values as the user defined them, 0 = nodata (input nodata, 
 colour table and class names embedded (the names also in GDAL's ``.aux.xml`` sidecar, where QGIS
 and ArcGIS look for them, see :func:`classes.write_class_sidecar`), overviews (2 x 2 mode,
 computed while the blocks are written, see :mod:`overviews`); optional confidence (top-class
-probability) and per-class probabilities (float32). Everything is written to hidden partial files
+probability), uncertainty (:func:`margin_uncertainty`, what `suggest` ranks places by) and per-class
+probabilities (float32). Everything is written to hidden partial files
 and turned into COGs only at the end, so a failure never leaves a file that looks finished.
 """
 
@@ -27,7 +28,7 @@ import threading
 import time
 import warnings
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,10 @@ MULTIPLE = 32  # U-Net encoders downsample 5 times: tile sides must be multiples
 #: for the writer in 7-9 s runs while the reading threads were idle half the time (one batch of slack).
 QUEUED_BATCHES = 2
 ENGINES = ("torch", "onnx")
+#: How the map decides between classes: under the class frequencies of the training labels (the
+#: model's decision offsets, :func:`sparsecover.model.decision_offsets`), or as if every class were
+#: equally common (the network alone, trained with balancing class weights: more of the rare classes).
+CLASS_PRIORS = ("labels", "balanced")
 #: DEFLATE effort of the final COGs. This conversion runs after the last block, so on a fast GPU it
 #: bounds the whole run (an H200 computed 376 MP in 1.08 s; the conversion at GDAL's level 6 took
 #: 0.74 s there). A real 67 MP class map, one thread: level 6 compresses in 0.87 s to 4.0 MB, level 4
@@ -75,6 +80,7 @@ class Settings:
     tta: bool
     engine: str
     aoi: str | None
+    class_prior: str
 
 
 @dataclass(frozen=True)
@@ -180,9 +186,11 @@ class Predictor:
     """
 
     def __init__(self, loaded: LoadedModel, device: torch.device, engine: str, tta: bool,
-                 classes_only: bool = False) -> None:
+                 classes_only: bool = False, class_prior: str = "labels") -> None:
         if engine not in ENGINES:
             raise SparsecoverError(f"--engine must be torch or onnx, got {engine!r}")
+        if class_prior == "balanced":
+            loaded = replace(loaded, meta={**loaded.meta, "decision_offsets": None})
         self.loaded, self.engine, self.tta = loaded, engine, tta
         self.device = device if engine == "torch" else torch.device("cpu")  # where batches are assembled
         # only the class map is wanted: (N, T, T) class values, no softmax or K x T x T copies back
@@ -390,15 +398,16 @@ def _local_results(raster: str, predictor: Predictor, batches: list[list[Block]]
 
 
 @functools.lru_cache(maxsize=2)
-def _worker_predictor(model: str, device: str, engine: str, tta: bool, classes_only: bool) -> Predictor:
+def _worker_predictor(model: str, device: str, engine: str, tta: bool, classes_only: bool,
+                      class_prior: str) -> Predictor:
     """Each Dask worker process loads the model once and keeps it."""
     torch_device = _device(device)
-    return Predictor(load_model(model, str(torch_device)), torch_device, engine, tta, classes_only)
+    return Predictor(load_model(model, str(torch_device)), torch_device, engine, tta, classes_only, class_prior)
 
 
-def _dask_task(raster: str, model: str, device: str, engine: str, tta: bool, classes_only: bool,
+def _dask_task(raster: str, model: str, device: str, engine: str, tta: bool, classes_only: bool, class_prior: str,
                blocks: list[Block], band_indexes: list[int]):
-    predictor = _worker_predictor(model, device, engine, tta, classes_only)
+    predictor = _worker_predictor(model, device, engine, tta, classes_only, class_prior)
     return predict_blocks(raster, predictor, blocks, band_indexes)
 
 
@@ -423,11 +432,11 @@ class _Outputs:
     turned into COGs by :meth:`finish`."""
 
     CHECKPOINT_SECONDS = 2.0  # at least; and at least 20 x what the last checkpoint took (<= 5 % of the run)
-    NODATA = {"classes": 0, "confidence": 0, "probabilities": -1}
+    NODATA = {"classes": 0, "confidence": 0, "uncertainty": -1, "probabilities": -1}
 
-    def __init__(self, out: Path, confidence: Path | None, probabilities: Path | None, source, meta: dict,
-                 settings: Settings, resume: bool) -> None:
-        self.finals = {"classes": out, "confidence": confidence, "probabilities": probabilities}
+    def __init__(self, out: Path, extras: dict[str, Path | None], source, meta: dict, settings: Settings,
+                 resume: bool) -> None:
+        self.finals = {"classes": out, **extras}
         self.finals = {k: v for k, v in self.finals.items() if v is not None}
         self.source_path = source.path
         self.factors = overviews.levels(source.width, source.height)
@@ -452,7 +461,8 @@ class _Outputs:
             return
         base = {"driver": "GTiff", "crs": source.crs, "tiled": True, "blockxsize": 512, "blockysize": 512,
                 "bigtiff": "IF_SAFER", **_partial_codec()}
-        bands = {"classes": ("uint8", 1), "confidence": ("float32", 1), "probabilities": ("float32", len(self.classes))}
+        bands = {"classes": ("uint8", 1), "confidence": ("float32", 1), "uncertainty": ("float32", 1),
+                 "probabilities": ("float32", len(self.classes))}
         try:
             for (kind, factor), path in self.partials.items():
                 width, height = overviews.level_size(source.width, source.height, factor)
@@ -501,6 +511,8 @@ class _Outputs:
             outputs = {"classes": probs if probs.ndim == 2 else self.lut[probs.argmax(0)]}  # class values, or probabilities
             if "confidence" in self.finals:
                 outputs["confidence"] = probs.max(0).astype(np.float32)
+            if "uncertainty" in self.finals:
+                outputs["uncertainty"] = margin_uncertainty(probs)
             if "probabilities" in self.finals:
                 outputs["probabilities"] = probs.astype(np.float32)
             masked = not keep.all()
@@ -549,6 +561,8 @@ class _Outputs:
         files["classes"].set_band_description(1, "class")
         if "confidence" in files:
             files["confidence"].set_band_description(1, "top-class probability")
+        if "uncertainty" in files:
+            files["uncertainty"].set_band_description(1, "uncertainty (1 - margin of the top two probabilities)")
         if "probabilities" in files:
             for i, c in enumerate(self.classes, 1):
                 files["probabilities"].set_band_description(i, c.name)
@@ -595,6 +609,16 @@ class _Outputs:
         for final in self.finals.values():
             for leftover in (final.parent / f".{final.name}.cog.tif", self._vrt(final)):
                 leftover.unlink(missing_ok=True)
+
+
+def margin_uncertainty(probs: np.ndarray) -> np.ndarray:
+    """1 - (top-class probability - second probability) per pixel of (K, H, W) probabilities: 0 where
+    the model is sure, 1 where two classes tie. The margin rather than the entropy: it asks only which
+    of two classes a pixel is, which is what one more label settles (margin sampling)."""
+    if len(probs) < 2:
+        return np.zeros(probs.shape[1:], np.float32)
+    top = np.partition(probs, len(probs) - 2, axis=0)[-2:]
+    return (1.0 - (top[1] - top[0])).astype(np.float32)
 
 
 def _strips(results: list[tuple[Window, np.ndarray, np.ndarray]]):
@@ -656,6 +680,8 @@ def classify_pixels(
     tta: bool = False,
     confidence: str | Path | None = None,
     probabilities: str | Path | None = None,
+    uncertainty: str | Path | None = None,
+    class_prior: str = "labels",
     aoi: str | Path | None = None,
     device: str = "auto",
     engine: str = "torch",
@@ -669,9 +695,13 @@ def classify_pixels(
 
     ``workers`` starts a local Dask cluster of that many processes; ``dask_scheduler`` uses a running
     one. ``resume`` continues an interrupted run from its finished blocks (same settings required).
+    ``confidence``, ``uncertainty`` and ``probabilities`` are further COGs to write (see :class:`_Outputs`).
+    ``class_prior``: one of :data:`CLASS_PRIORS`.
     """
     out = Path(out)
-    outputs = [p for p in (out, confidence, probabilities) if p is not None]
+    extras = {k: Path(v) for k, v in (("confidence", confidence), ("uncertainty", uncertainty),
+                                      ("probabilities", probabilities)) if v is not None}
+    outputs = [out, *extras.values()]
     for path in map(Path, outputs):
         if path.exists() and not overwrite:
             raise SparsecoverError(f"{path}: already exists; pass --overwrite to replace it")
@@ -679,18 +709,20 @@ def classify_pixels(
             raise SparsecoverError(f"{path.parent}: output folder does not exist; create it first")
     if padding < 0:
         raise SparsecoverError(f"--padding must be 0 or more, got {padding}")
+    if class_prior not in CLASS_PRIORS:
+        raise SparsecoverError(f"--class-prior must be {' or '.join(CLASS_PRIORS)}, got {class_prior!r}")
     if batch_size is not None and batch_size < 1:
         raise SparsecoverError(f"--batch-size must be at least 1, got {batch_size}")
     if tile_size % MULTIPLE or tile_size < 2 * padding + MULTIPLE:
         raise SparsecoverError(f"--tile-size must be a multiple of {MULTIPLE} and at least 2 x --padding + {MULTIPLE} "
                                f"(got {tile_size}, {padding})")
     with exclusive(out):
-        return _classify(raster, model, out, tile_size, padding, batch_size, tta, confidence, probabilities, aoi,
+        return _classify(raster, model, out, tile_size, padding, batch_size, tta, extras, class_prior, aoi,
                          device, engine, workers, dask_scheduler, resume, progress)
 
 
 def _classify(raster: str | Path, model: str | Path | LoadedModel, out: Path, tile_size: int, padding: int,
-              batch_size: int | None, tta: bool, confidence: str | Path | None, probabilities: str | Path | None,
+              batch_size: int | None, tta: bool, extras: dict[str, Path], class_prior: str,
               aoi: str | Path | None, device: str, engine: str, workers: int | None, dask_scheduler: str | None,
               resume: bool, progress: bool) -> Path:
     """classify_pixels once its outputs are checked and locked."""
@@ -709,15 +741,14 @@ def _classify(raster: str | Path, model: str | Path | LoadedModel, out: Path, ti
     with open_raster(raster) as src:
         source = describe(src)
     aoi_mask = _aoi_masker(Path(aoi) if aoi else None, source)
-    classes_only = confidence is None and probabilities is None
+    classes_only = not extras
     stat = Path(raster).stat()
     settings = Settings(str(Path(raster).resolve()), f"{stat.st_size} bytes, modified {stat.st_mtime_ns} ns",
                         str(Path(model).resolve()) if not isinstance(model, LoadedModel) else "in-memory",
-                        loaded.weights_sha256, tile_size, padding, tta, engine, str(aoi) if aoi else None)
+                        loaded.weights_sha256, tile_size, padding, tta, engine, str(aoi) if aoi else None, class_prior)
     with gdal_env():  # bounded GDAL cache for the outputs too; GDAL errors go to Python logging
         try:
-            writer = _Outputs(out, Path(confidence) if confidence else None, Path(probabilities) if probabilities else None,
-                              source, loaded.meta, settings, resume)
+            writer = _Outputs(out, extras, source, loaded.meta, settings, resume)
         except GDAL_ERRORS as exc:
             raise SparsecoverError(f"{out}: cannot create the output ({str(exc).splitlines()[0]}); is the disk full?") from None
         try:
@@ -731,9 +762,10 @@ def _classify(raster: str | Path, model: str | Path | LoadedModel, out: Path, ti
                 if isinstance(model, LoadedModel):
                     raise SparsecoverError("Dask workers load the model from its file: pass a path, not a loaded model")
                 results = _dask_results(str(Path(raster).resolve()), str(Path(model).resolve()), device, engine, tta,
-                                        classes_only, batches, loaded.band_indexes, workers, dask_scheduler)
+                                        classes_only, class_prior, batches, loaded.band_indexes, workers,
+                                        dask_scheduler)
             else:
-                predictor = Predictor(loaded, torch_device, engine, tta, classes_only)
+                predictor = Predictor(loaded, torch_device, engine, tta, classes_only, class_prior)
                 results = _local_results(str(source.path), predictor, batches, loaded.band_indexes)
             # batches are prepared (class values, overviews) by a few threads and written, in order,
             # by one, while the next batches are predicted
@@ -761,7 +793,8 @@ def _classify(raster: str | Path, model: str | Path | LoadedModel, out: Path, ti
     return out
 
 
-def _dask_results(raster, model, device, engine, tta, classes_only, batches, band_indexes, workers, scheduler):
+def _dask_results(raster, model, device, engine, tta, classes_only, class_prior, batches, band_indexes, workers,
+                  scheduler):
     """Blocks as Dask tasks; results come back as they finish (order does not matter to the writer)."""
     try:
         from distributed import Client, LocalCluster, as_completed
@@ -775,8 +808,8 @@ def _dask_results(raster, model, device, engine, tta, classes_only, batches, ban
                                processes=True, dashboard_address=None)
         client = Client(cluster)
     try:
-        futures = [client.submit(_dask_task, raster, model, device, engine, tta, classes_only, b, band_indexes,
-                                 pure=False)
+        futures = [client.submit(_dask_task, raster, model, device, engine, tta, classes_only, class_prior, b,
+                                 band_indexes, pure=False)
                    for b in batches]
         for future in as_completed(futures):
             yield future.result()

@@ -70,9 +70,9 @@ def stack(bands, output, band_names, resample, cog, overwrite) -> None:
 
 @cli.command()
 @click.argument("rasters", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--labels", required=True, type=click.Path(path_type=Path),
+@click.option("--labels", required=True, multiple=True, type=click.Path(path_type=Path),
               help="Labelled polygons (GPKG, SHP, GeoJSON, FlatGeobuf, GeoParquet) or a classified "
-              "raster (0 = unlabelled).")
+              "raster (0 = unlabelled). Repeat it to combine polygon files, e.g. the squares from `suggest`.")
 @click.option("--class-field", help="Integer class field of the polygons (classes 1..255).")
 @click.option("--class-name-field", help="Field holding each class's name.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output chip dataset folder.")
@@ -91,7 +91,7 @@ def export(rasters, labels, class_field, class_name_field, out, tile_size, strid
     from .export import export_training_data
 
     path = export_training_data(
-        list(rasters), labels, out, class_field=class_field, class_name_field=class_name_field,
+        list(rasters), list(labels), out, class_field=class_field, class_name_field=class_name_field,
         tile_size=tile_size, stride=stride, all_tiles=all_tiles,
         class_colors=parse_color_pairs(class_colors), overwrite=overwrite, workers=workers,
         progress=not quiet,
@@ -208,6 +208,11 @@ def lr_find(chips, out, **kw) -> None:
 @click.option("--tta", is_flag=True, help="Average the 8 flips/rotations (8x slower).")
 @click.option("--confidence", type=click.Path(path_type=Path), help="Also write the top-class probability here.")
 @click.option("--probabilities", type=click.Path(path_type=Path), help="Also write per-class probabilities here.")
+@click.option("--uncertainty", type=click.Path(path_type=Path),
+              help="Also write each pixel's uncertainty here (1 - margin of the top two probabilities).")
+@click.option("--class-prior", type=click.Choice(["labels", "balanced"]), default="labels", show_default=True,
+              help="Decide under the class frequencies of the training labels, or as if all classes were equally "
+                   "common (more of the rare classes).")
 @click.option("--aoi", type=click.Path(path_type=Path), help="Polygons: classify only inside (nodata outside).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--engine", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True)
@@ -216,35 +221,65 @@ def lr_find(chips, out, **kw) -> None:
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its finished blocks.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def classify(rasters, out, tile_size, padding, batch_size, tta, confidence, probabilities, aoi, device, engine,
-             workers, dask_scheduler, resume, overwrite, quiet) -> None:
+def classify(rasters, out, tile_size, padding, batch_size, tta, confidence, probabilities, uncertainty, class_prior,
+             aoi, device, engine, workers, dask_scheduler, resume, overwrite, quiet) -> None:
     """Classify RASTER [RASTER...] MODEL: each raster with a trained model (.sparsecover package or run folder).
 
-    Several rasters give one output each, in the --out folder (and the --confidence / --probabilities
-    folders), named after the raster. To get one map of a mosaic, classify a VRT of the tiles instead.
+    Several rasters give one output each, in the --out folder (and the --confidence, --uncertainty,
+    --probabilities folders), named after the raster. To get one map of a mosaic, classify a VRT of the tiles instead.
     """
     from .classify import classify_pixels
 
     if len(rasters) < 2:
         raise SparsecoverError("classify needs RASTER [RASTER...] MODEL: a raster and a model package or run folder")
     *inputs, model = rasters
-    jobs = [(inputs[0], out, confidence, probabilities)]
+    extras = {"confidence": confidence, "uncertainty": uncertainty, "probabilities": probabilities}
+    extras = {k: v for k, v in extras.items() if v}
+    jobs = [(inputs[0], out, extras)]
     if len(inputs) > 1:
-        for folder in (p for p in (out, confidence, probabilities) if p):
+        for folder in (out, *extras.values()):
             if not folder.is_dir():
-                raise SparsecoverError(f"{folder}: with several rasters, --out (and --confidence, --probabilities) "
-                                       "must be existing folders")
+                raise SparsecoverError(f"{folder}: with several rasters, --out (and --confidence, --uncertainty, "
+                                       "--probabilities) must be existing folders")
         names = [r.stem for r in inputs]
         if len(set(names)) < len(names):
             raise SparsecoverError("several input rasters share a file name; their outputs would collide")
-        jobs = [(r, out / f"{r.stem}.tif", confidence and confidence / f"{r.stem}.tif",
-                 probabilities and probabilities / f"{r.stem}.tif") for r in inputs]
-    for raster, target, conf, probs in jobs:
+        jobs = [(r, out / f"{r.stem}.tif", {k: v / f"{r.stem}.tif" for k, v in extras.items()}) for r in inputs]
+    for raster, target, paths in jobs:
         path = classify_pixels(raster, model, target, tile_size=tile_size, padding=padding, batch_size=batch_size,
-                               tta=tta, confidence=conf, probabilities=probs, aoi=aoi, device=device, engine=engine,
-                               workers=workers, dask_scheduler=dask_scheduler, resume=resume, overwrite=overwrite,
-                               progress=not quiet)
-        out_console.print(f"wrote {path}" + "".join(f" and {p}" for p in (conf, probs) if p))
+                               tta=tta, class_prior=class_prior, aoi=aoi, device=device, engine=engine, workers=workers,
+                               dask_scheduler=dask_scheduler, resume=resume, overwrite=overwrite, progress=not quiet,
+                               **paths)
+        out_console.print(f"wrote {path}" + "".join(f" and {p}" for p in paths.values()))
+
+
+@cli.command()
+@click.argument("raster", type=click.Path(path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="GeoPackage of squares to label.")
+@click.option("--n", "n", default=30, show_default=True, help="How many squares.")
+@click.option("--size", default=5, show_default=True, help="Side of each square in pixels.")
+@click.option("--labels", type=click.Path(path_type=Path), help="Existing labels: no square inside or beside them.")
+@click.option("--uncertainty", type=click.Path(path_type=Path), help="Also keep the uncertainty map (COG) here.")
+@click.option("--class-field", help="Name of the empty class field [default: the training polygons' one].")
+@click.option("--seed", default=0, show_default=True, help="Breaks ties between equally uncertain places.")
+@click.option("--tile-size", default=1024, show_default=True, help="As for classify.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def suggest(raster, model, out, n, size, labels, uncertainty, class_field, seed, tile_size, device, overwrite,
+            quiet) -> None:
+    """Where to label next: squares where MODEL is least sure on RASTER, spread out, every class covered.
+
+    Open the GeoPackage in QGIS, fill in the class field of the squares you can tell, save, and
+    export again with both label files (--labels first.gpkg --labels squares.gpkg).
+    """
+    from .suggest import suggest_labels
+
+    path = suggest_labels(raster, model, out, n=n, size=size, labels=labels, uncertainty=uncertainty,
+                          class_field=class_field, seed=seed, tile_size=tile_size, device=device,
+                          overwrite=overwrite, progress=not quiet)
+    out_console.print(f"wrote {path}" + (f" and {uncertainty}" if uncertainty else ""))
 
 
 @cli.command()
@@ -279,12 +314,16 @@ def evaluate(target, reference, class_field, exclude, out, quiet) -> None:
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--classified", type=click.Path(path_type=Path), help="Classified raster to preview.")
 @click.option("--evaluation", type=click.Path(path_type=Path), help="Folder written by `evaluate` for that map.")
+@click.option("--uncertainty", type=click.Path(path_type=Path), help="Uncertainty map (classify/suggest --uncertainty).")
+@click.option("--suggestions", type=click.Path(path_type=Path), help="GeoPackage written by `suggest`.")
 @click.option("--out", default="report.html", show_default=True, type=click.Path(path_type=Path))
-def report(run, classified, evaluation, out) -> None:
+def report(run, classified, evaluation, uncertainty, suggestions, out) -> None:
     """One self-contained HTML report: data, training, validation, map and its accuracy."""
     from .report import build_report
 
-    out_console.print(f"wrote {build_report(run, out, classified=classified, evaluation=evaluation)}")
+    path = build_report(run, out, classified=classified, evaluation=evaluation, uncertainty=uncertainty,
+                        suggestions=suggestions)
+    out_console.print(f"wrote {path}")
 
 
 @cli.command()

@@ -40,7 +40,7 @@ from .labels import (
     label_window,
     rasterize_groups,
     read_label_raster,
-    read_polygons,
+    read_polygon_files,
     region_groups,
 )
 from .progress import track
@@ -92,7 +92,7 @@ def chip_fill_value(dtype: str, nodata: float | None) -> float:
 
 def export_training_data(
     rasters: str | Path | list[str | Path],
-    labels: str | Path,
+    labels: str | Path | list[str | Path],
     out: str | Path,
     class_field: str | None = None,
     class_name_field: str | None = None,
@@ -108,10 +108,15 @@ def export_training_data(
 
     Like ArcGIS's "Export Training Data For Deep Learning" (Classified Tiles), but every pixel no label
     covers is 0, imagery nodata is never labelled, and each chip records the spatial groups (polygons
-    or label regions) it holds, so training can split without leakage.
+    or label regions) it holds, so training can split without leakage. ``labels`` may list several
+    polygon files with the same class field (the first polygons and the squares labelled from
+    `suggest`): they are read as one.
     """
     raster_paths = [Path(rasters)] if isinstance(rasters, (str, Path)) else [Path(r) for r in rasters]
-    labels = Path(labels)
+    label_paths = [Path(labels)] if isinstance(labels, (str, Path)) else [Path(p) for p in labels]
+    if not label_paths:
+        raise SparsecoverError("export needs a label file (--labels)")
+    labels = label_paths[0]
     out = Path(out)
     if not raster_paths:
         raise SparsecoverError("export needs at least one raster")
@@ -135,10 +140,13 @@ def export_training_data(
 
     polygons: PolygonLabels | None = None
     label_raster: RasterLabels | None = None
+    if len(label_paths) > 1 and not all(is_vector(p) for p in label_paths):
+        raise SparsecoverError(f"{next(p for p in label_paths if not is_vector(p))}: only polygon files can be "
+                               "combined; pass one label raster alone")
     if is_vector(labels):
         if class_field is None:
             raise SparsecoverError(f"{labels}: pass --class-field naming the integer class field")
-        polygons = read_polygons(labels, class_field, class_name_field)
+        polygons = read_polygon_files(label_paths, class_field, class_name_field)
     else:
         label_raster = read_label_raster(labels)
 
@@ -151,6 +159,7 @@ def export_training_data(
             )
         dataset["labels"] = {
             "path": str(labels.resolve()),
+            "paths": [str(p.resolve()) for p in label_paths],
             "kind": "polygons" if polygons is not None else "raster",
             "class_field": class_field,
             "class_name_field": class_name_field,

@@ -70,29 +70,41 @@ def is_vector(path: Path) -> bool:
     return path.suffix.lower() in VECTOR_SUFFIXES or path.is_dir()
 
 
-def read_polygons(path: str | Path, class_field: str, name_field: str | None = None) -> PolygonLabels:
-    """Read and validate labelled polygons: CRS present, class field integer in 1..255, geometry valid."""
-    path = Path(path)
+def read_label_file(path: Path) -> gpd.GeoDataFrame:
+    """Any vector file of labels, read, with a CRS (one line naming the file otherwise)."""
     if not path.exists():
         raise SparsecoverError(f"{path}: label file not found")
     try:
         frame = gpd.read_file(path, engine="pyogrio")
     except Exception as exc:  # pyogrio raises several types for unreadable files
         raise SparsecoverError(f"{path}: cannot read labels ({_first_line(exc)})") from None
-    if len(frame) == 0:
-        raise SparsecoverError(f"{path}: label file holds no features; draw some polygons first")
     if frame.crs is None:
         raise SparsecoverError(
             f"{path}: labels have no CRS; assign one (e.g. `ogr2ogr -a_srs EPSG:XXXX out.gpkg {path.name}`)"
         )
+    return frame
+
+
+def read_polygons(path: str | Path, class_field: str, name_field: str | None = None) -> PolygonLabels:
+    """Read and validate labelled polygons: CRS present, class field integer in 1..255, geometry valid."""
+    path = Path(path)
+    frame = read_label_file(path)
+    if len(frame) == 0:
+        raise SparsecoverError(f"{path}: label file holds no features; draw some polygons first")
     for field, option in ((class_field, "--class-field"), (name_field, "--class-name-field")):
         if field is not None and field not in frame.columns:
             fields = ", ".join(c for c in frame.columns if c != "geometry")
             raise SparsecoverError(
                 f"{path}: no field {field!r} (pass {option} with one of: {fields})"
             )
-    values = _integer_classes(frame[class_field], path, class_field)
-    groups = np.arange(1, len(frame) + 1, dtype=np.uint32)  # a polygon's id, stable across rasters
+    blank = frame[class_field].isna()
+    if blank.all():
+        raise SparsecoverError(f"{path}: no feature has a value in {class_field!r}; fill in the classes first")
+    if blank.any():  # e.g. squares from `suggest` the user could not tell
+        warn(f"{path}: {int(blank.sum())} features have no value in {class_field!r}; left out")
+    values = _integer_classes(frame[class_field][~blank], path, class_field)
+    groups = np.flatnonzero(~blank.to_numpy()).astype(np.uint32) + 1  # a polygon's id, stable across rasters
+    frame = frame[~blank].reset_index(drop=True)
     frame = gpd.GeoDataFrame(
         {"class_value": values, "group": groups}, geometry=frame.geometry, crs=frame.crs
     )
@@ -100,7 +112,7 @@ def read_polygons(path: str | Path, class_field: str, name_field: str | None = N
     names: dict[int, str] = {}
     if name_field is not None:
         source = gpd.read_file(path, engine="pyogrio", columns=[name_field], ignore_geometry=True)
-        for value, name in zip(values, source[name_field]):
+        for value, name in zip(values, source[name_field][~blank]):
             if pd.isna(name):
                 continue
             previous = names.setdefault(int(value), str(name))
@@ -109,12 +121,27 @@ def read_polygons(path: str | Path, class_field: str, name_field: str | None = N
     return PolygonLabels(path=path, frame=frame, class_field=class_field, names=names)
 
 
+def read_polygon_files(paths: list[Path], class_field: str, name_field: str | None = None) -> PolygonLabels:
+    """Several label files read as one (e.g. the first polygons and the squares of `suggest`, once
+    labelled): each validated by :func:`read_polygons`, their features numbered on as groups."""
+    parts = [read_polygons(p, class_field, name_field) for p in paths]
+    if len(parts) == 1:
+        return parts[0]
+    crs = parts[0].frame.crs
+    frames, names, offset = [], {}, 0
+    for part in parts:
+        frame = part.frame.to_crs(crs).copy()
+        frame["group"] = frame["group"] + offset
+        offset = int(frame["group"].max())
+        frames.append(frame)
+        for value, name in part.names.items():
+            names.setdefault(value, name)
+    frame = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=crs)
+    return PolygonLabels(path=parts[0].path, frame=frame, class_field=class_field, names=names)
+
+
 def _integer_classes(column: pd.Series, path: Path, field: str) -> np.ndarray:
-    """Class values as ints, refusing text, fractions, nulls, 0, negatives and values over 255."""
-    if column.isna().any():
-        raise SparsecoverError(
-            f"{path}: {int(column.isna().sum())} features have no value in {field!r}; fill or delete them"
-        )
+    """Class values as ints, refusing text, fractions, 0, negatives and values over 255."""
     numeric = pd.to_numeric(column, errors="coerce")
     if numeric.isna().any():
         bad = column[numeric.isna()].iloc[0]

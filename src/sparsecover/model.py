@@ -8,6 +8,7 @@ RGB filter, and the whole kernel is scaled so the layer's response keeps its siz
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
@@ -185,8 +186,29 @@ def load_weights(model: nn.Module, path: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
+def decision_offsets(class_weights: list[float]) -> list[float]:
+    """Per-class offsets added to a network's logits so that it decides under the class frequencies
+    of its labels rather than under the balance its class weights imposed.
+
+    Why: the loss weights classes by inverse frequency so that small polygons are learned at all, but
+    the network then calls rare classes as if every class covered the same area (1 m NAIP: impervious
+    painted over 11 % of the scene, 0.14 % in the reference). Subtracting log(weight) undoes that tilt
+    (post-hoc logit adjustment, Menon et al. 2021), as a per-pixel classifier trained on the same
+    pixels decides; see benchmarks/results/sparse_accuracy_2026-11-28.txt. A class without training
+    pixels (weight 0) is left as it is.
+    """
+    return [-math.log(w) if w > 0 else 0.0 for w in class_weights]
+
+
+def offsets_of(meta: dict) -> torch.Tensor:
+    """A model.json's decision offsets as a (1, K, 1, 1) tensor to add to logits (zeros when absent)."""
+    offsets = meta.get("decision_offsets") or [0.0] * len(meta["classes"])
+    return torch.tensor(offsets, dtype=torch.float32).view(1, -1, 1, 1)
+
+
 class RawInputModel(nn.Module):
-    """Raw band values in, class probabilities out: normalisation and softmax inside the graph."""
+    """Raw band values in, class probabilities out: normalisation, the model's decision offsets
+    (:func:`decision_offsets`; absent in models trained before them) and softmax inside the graph."""
 
     def __init__(self, network: nn.Module, meta: dict) -> None:
         super().__init__()
@@ -196,11 +218,12 @@ class RawInputModel(nn.Module):
         self.register_buffer("high", torch.tensor(norm["high"], dtype=torch.float32).view(shape))
         self.register_buffer("mean", torch.tensor(norm["mean"], dtype=torch.float32).view(shape))
         self.register_buffer("std", torch.tensor(norm["std"], dtype=torch.float32).view(shape))
+        self.register_buffer("offsets", offsets_of(meta))
         self.network = network
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         x = (torch.minimum(torch.maximum(x, self.low), self.high) - self.mean) / self.std
-        return self.network(x).float()
+        return self.network(x).float() + self.offsets
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.logits(x), dim=1)

@@ -171,15 +171,59 @@ def plot_map(classified: str | Path, path: str | Path, max_size: int = 1000) -> 
     plt.close(fig)
 
 
+def plot_uncertainty(uncertainty: str | Path | None, suggestions: str | Path | None, path: str | Path,
+                     max_size: int = 1000) -> None:
+    """The uncertainty map (from `classify --uncertainty` or `suggest --uncertainty`) with the
+    squares of `suggest` drawn over it, numbered by rank; either may be missing."""
+    import geopandas as gpd
+    import rasterio
+    from matplotlib.patches import Rectangle
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 7))
+    to_image = None
+    if uncertainty is not None:
+        with rasterio.open(uncertainty) as src:
+            scale = max(1, max(src.width, src.height) // max_size)
+            shape = (max(1, src.height // scale), max(1, src.width // scale))
+            data = src.read(1, out_shape=shape, masked=True)
+            to_image = ~(src.transform * rasterio.Affine.scale(src.width / shape[1], src.height / shape[0]))
+            crs = src.crs
+        shown = ax.imshow(data, cmap="magma", vmin=0, vmax=1)
+        fig.colorbar(shown, ax=ax, shrink=0.7, label="uncertainty (1 - top-two margin)")
+    if suggestions is not None:
+        frame = gpd.read_file(suggestions, engine="pyogrio")
+        if to_image is not None:
+            frame = frame.to_crs(crs)
+        for square, rank in zip(frame.geometry, frame.get("rank", range(1, len(frame) + 1))):
+            west, south, east, north = square.bounds
+            if to_image is not None:
+                (x0, y0), (x1, y1) = to_image * (west, north), to_image * (east, south)
+            else:
+                x0, y0, x1, y1 = west, -north, east, -south
+            ax.add_patch(Rectangle((x0, y0), max(x1 - x0, 3), max(y1 - y0, 3), fill=False, color="cyan", lw=1.5))
+            ax.annotate(str(rank), (x1, y0), color="cyan", fontsize=7)
+        if to_image is None:
+            ax.autoscale_view()
+    ax.axis("off")
+    ax.set_title("where to label next" if suggestions is not None else Path(uncertainty).name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def show_results(dataset: ChipDataset, model, indices: list[int], path: str | Path | None = None):
     """Rows of image | ground truth | prediction for chips (validation chips, typically); saved to
     ``path`` if given, else the figure is returned (for notebooks)."""
     import torch
 
+    from .model import offsets_of
+
     plt = _pyplot()
     show = display_bands([b.name for b in dataset.bands])
     colors = {c.value: c.color for c in dataset.classes}
     lut = np.array(model.class_values, dtype=np.uint8)
+    offsets = offsets_of(model.meta)  # decide as classify does
     fig, axes = plt.subplots(len(indices), 3, figsize=(9, 3 * len(indices)), squeeze=False)
     for row, index in zip(axes, indices):
         image, label, _ = dataset.read(index)
@@ -188,7 +232,7 @@ def show_results(dataset: ChipDataset, model, indices: list[int], path: str | Pa
         valid = band_valid.any(0)
         x = torch.from_numpy(model.normalisation.apply(image[chosen_bands], band_valid[chosen_bands])[None])
         with torch.no_grad():
-            predicted = lut[model.network(x).argmax(1)[0].numpy()]
+            predicted = lut[(model.network(x) + offsets).argmax(1)[0].numpy()]
         predicted[~valid] = 0
         background = stretch(image[show], valid)
         for ax, overlay, title in zip(row, (None, label, predicted), ("image", "ground truth", "prediction")):

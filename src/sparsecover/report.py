@@ -2,7 +2,8 @@
 
 Sections: data summary, settings, training curves and the LR range test, validation per-class table
 and confusion matrix, image | ground truth | prediction panel on validation chips, and, when given,
-the classified map with its legend and its evaluation against a reference.
+the classified map with its legend and its evaluation against a reference, and the uncertainty map
+with the squares `suggest` chose.
 """
 
 from __future__ import annotations
@@ -58,11 +59,13 @@ def _metrics_section(title: str, metrics: dict, confusion_png: Path) -> str:
 
 
 def build_report(run: str | Path, out: str | Path, classified: str | Path | None = None,
-                 evaluation: str | Path | None = None, show_rows: int = 4) -> Path:
-    """Write the HTML report for training run ``run`` (plus a map and its evaluation, if given)."""
+                 evaluation: str | Path | None = None, show_rows: int = 4, uncertainty: str | Path | None = None,
+                 suggestions: str | Path | None = None) -> Path:
+    """Write the HTML report for training run ``run`` (plus a map, its evaluation, its uncertainty
+    and the places `suggest` chose, if given)."""
     from .combine import open_chip_datasets
     from .evaluate import evaluate_run
-    from .plots import plot_confusion, plot_history, plot_map, show_results
+    from .plots import plot_confusion, plot_history, plot_map, plot_uncertainty, show_results
     from .predict import load_model
     from .train import TrainConfig, prepare
 
@@ -110,6 +113,11 @@ def build_report(run: str | Path, out: str | Path, classified: str | Path | None
             plot_map(classified, tmp / "map.png")
             sections.append(f"<h2>Map</h2><p><code>{html.escape(str(classified))}</code></p>"
                             + _img(tmp / "map.png", "classified map"))
+        if uncertainty is not None or suggestions is not None:
+            plot_uncertainty(uncertainty, suggestions, tmp / "uncertainty.png")
+            named = ", ".join(f"<code>{html.escape(str(p))}</code>" for p in (uncertainty, suggestions) if p)
+            sections.append(f"<h2>Where to label next</h2><p>{named}</p>"
+                            + _img(tmp / "uncertainty.png", "uncertainty and suggested squares"))
         if evaluation is not None:
             evaluation = Path(evaluation)
             metrics = json.loads((evaluation / "metrics.json").read_text())

@@ -30,9 +30,10 @@ def staging_folder(out: Path) -> Path:
     return work
 
 
-def staging_file(out: Path) -> Path:
-    """An empty hidden file beside ``out``, to be renamed to it."""
-    handle, path = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+def staging_file(out: Path, suffix: str = "") -> Path:
+    """An empty hidden file beside ``out``, to be renamed to it; ``suffix`` after ``.partial`` for the
+    drivers that check a file's extension (GeoPackage)."""
+    handle, path = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".partial{suffix}", dir=out.parent)
     os.close(handle)
     os.chmod(path, 0o666 & ~_umask())
     return Path(path)

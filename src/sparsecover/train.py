@@ -55,7 +55,7 @@ from .data import (
 )
 from .errors import SparsecoverError
 from .metrics import summarize
-from .model import Ensemble, build_model, check_network
+from .model import Ensemble, build_model, check_network, decision_offsets
 from .runfolder import CONFIG, LAST_CHECKPOINT, check_run_folder
 
 MODEL_DIR = "model"
@@ -606,15 +606,17 @@ def _read_history(folder: Path) -> list[dict]:
 
 @torch.inference_mode()
 def evaluate_split(task: SegmentationTask, loader: DataLoader, prepared: Prepared) -> dict:
-    """Per-class metrics of ``task`` on a validation loader (each validation pixel scored once)."""
+    """Per-class metrics of ``task`` on a validation loader (each validation pixel scored once), with
+    the decision offsets that classify applies."""
     from .metrics import confusion_matrix
 
     task.eval()
     device = next(task.parameters()).device
+    offsets = torch.tensor(decision_offsets(prepared.weights), device=device).view(1, -1, 1, 1)
     k = len(prepared.mapping.values)
     matrix = np.zeros((k, k), dtype=np.int64)
     for image, target in loader:
-        prediction = task(image.to(device)).argmax(1).cpu().numpy()
+        prediction = (task(image.to(device)) + offsets).argmax(1).cpu().numpy()
         target = target.numpy()
         keep = target != IGNORE_INDEX
         matrix += confusion_matrix(target[keep], prediction[keep], k)
@@ -649,6 +651,7 @@ def save_model_folder(folder: Path, task: SegmentationTask, prepared: Prepared, 
             for i, (v, n, c) in enumerate(zip(prepared.mapping.values, prepared.mapping.names, prepared.mapping.colors))
         ],
         "ignore_classes": list(config.ignore_classes),
+        "class_field": dataset.class_field,  # of the training polygons (None: raster labels or Esri chips)
         "bands": [
             {"name": name, "source_index": i + 1, "dtype": dataset.bands[i].dtype, "nodata": dataset.bands[i].nodata}
             for i, name in zip(prepared.band_indices, prepared.band_names)
@@ -656,6 +659,7 @@ def save_model_folder(folder: Path, task: SegmentationTask, prepared: Prepared, 
         "source_band_count": len(dataset.bands),  # bands of the rasters the chips came from
         "nodata": dataset.nodata,
         "normalisation": prepared.normalisation.as_json(),
+        "decision_offsets": decision_offsets(prepared.weights),  # added to the logits (model.decision_offsets)
         "training_statistics": [dataset.statistics[i] for i in prepared.band_indices],
         "tile_size": dataset.tile_size,
         "padding": dataset.tile_size // 8,
