@@ -205,3 +205,34 @@ def test_tiled_classification_agrees_with_one_pass(nc_model, nc_export, tmp_path
     tiled = rasterio.open(classify_pixels(mirrored, nc_model, tmp_path / "tiled.tif", progress=False)).read(1)
     assert np.array_equal(valid, tiled > 0)
     assert (one[valid] == tiled[valid]).mean() >= 0.995
+
+
+def test_suggest_on_the_nc_scene(nc_model, nc_export, shared_data, tmp_path):
+    """suggest on real Landsat: squares on valid pixels of one predicted class, outside and away from
+    the 34 training polygons, every predicted class covered, the polygons' class field named."""
+    from sparsecover.suggest import suggest_labels
+
+    scene, _, _ = nc_export
+    polygons = shared_data / "nc_landsat" / "landsat96_polygons.shp"
+    out = suggest_labels(scene, nc_model, tmp_path / "to_label.gpkg", n=30, size=5, labels=polygons,
+                         uncertainty=tmp_path / "u.tif", progress=False)
+    frame = gpd.read_file(out)
+    assert len(frame) == 30 and "id" in frame.columns and frame["id"].isna().all()
+    with rasterio.open(tmp_path / "u.tif") as src:
+        transform, valid = src.transform, src.read(1) >= 0
+        frame = frame.to_crs(src.crs)
+        near = features.rasterize(gpd.read_file(polygons).to_crs(src.crs).geometry.buffer(5 * transform.a),
+                                  out_shape=valid.shape, transform=transform, all_touched=True) > 0
+    from sparsecover.classify import classify_pixels
+
+    mapped = rasterio.open(classify_pixels(scene, nc_model, tmp_path / "map.tif", progress=False)).read(1)
+    for square, predicted in zip(frame.geometry, frame["predicted"]):
+        col, row = (round(v) for v in ~transform * (square.bounds[0], square.bounds[3]))
+        window = (slice(row, row + 5), slice(col, col + 5))
+        assert valid[window].all() and not near[window].any() and (mapped[window] == predicted).all()
+    rows, cols = mapped.shape[0] // 5 * 5, mapped.shape[1] // 5 * 5
+    cells = mapped[:rows, :cols].reshape(rows // 5, 5, cols // 5, 5)
+    single = (cells == cells[:, :1, :, :1]).all(axis=(1, 3)) & (cells > 0).all(axis=(1, 3))
+    free = ~near[:rows, :cols].reshape(rows // 5, 5, cols // 5, 5).any(axis=(1, 3))
+    labellable = set(np.unique(cells[:, 0, :, 0][single & free]).tolist())  # classes a square could go to
+    assert len(labellable) >= 5 and labellable == set(frame["predicted"])

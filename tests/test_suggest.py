@@ -104,6 +104,9 @@ def test_choose_cells_covers_rare_classes_first_then_the_most_uncertain():
     assert len(chosen) == 5 and len(set(chosen)) == 5
     assert choose_cells(cells, cells.candidates, n=2, seed=0) == chosen[:2]
     assert choose_cells(cells, np.zeros((40, 40), bool), n=3) == []
+    predicted[1, 1] = 4  # a class found only beside class 3's square: covered all the same
+    chosen = choose_cells(cells, cells.candidates, n=5, seed=0)
+    assert {predicted[c] for c in chosen} == {1, 2, 3, 4}
 
 
 def test_labelled_squares_go_back_into_export(model, scene, train_chips, tmp_path):

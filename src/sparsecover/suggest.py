@@ -8,8 +8,9 @@ and picks ``n`` of them to label:
 
 - a cell is a candidate when all its pixels are valid and predicted as one class (a square the user
   can label with one class), and it lies at least ``size`` pixels away from every existing label;
-- every predicted class gets a square first (its most uncertain cell), rarest class first: rare
-  classes are where sparse-label maps fail;
+- every predicted class gets a square first (its most uncertain cell away from the squares chosen
+  before it, or its most uncertain cell if none is), rarest class first: rare classes are where
+  sparse-label maps fail;
 - then the most uncertain cells, each at least a minimum spacing from those chosen, so that the
   squares spread over the scene instead of piling up in one confusing patch. The spacing is half
   the side of the area each square would own were ``n`` squares spread evenly over the valid part
@@ -140,7 +141,13 @@ def choose_cells(cells: Cells, allowed: np.ndarray, n: int, seed: int = 0) -> li
 
     values, counts = np.unique(classes, return_counts=True)
     for value in values[np.argsort(counts, kind="stable")]:  # rarest predicted class first
-        take(np.flatnonzero(classes == value), len(chosen) + 1)
+        mine = np.flatnonzero(classes == value)
+        before = len(chosen)
+        take(mine, before + 1)
+        if len(chosen) == before:  # all of the class lies near squares already chosen: cover it anyway
+            r, c = int(rows[mine[0]]), int(cols[mine[0]])
+            spacing.add(r, c)
+            chosen.append((r, c))
         if len(chosen) >= n:
             return chosen
     take(np.arange(len(rows)), n)
