@@ -152,3 +152,22 @@ def test_report_renders_in_a_real_browser(tmp_path, train_chips):
 
     image = np.asarray(Image.open(shot).convert("RGB"))
     assert image.shape[0] == 3000 and image.std() > 20  # rendered content, not a blank page
+
+
+def test_report_on_a_killed_run_says_it_is_incomplete(tmp_path, train_chips):
+    from sparsecover import SparsecoverWarning
+    from sparsecover.report import build_report
+    from sparsecover.train import TrainConfig, train
+
+    run = train(train_chips, tmp_path / "run", TrainConfig(backbone="resnet18", epochs=2, lr=1e-3, quiet=True))
+    text = build_report(run, tmp_path / "done.html").read_text()
+    assert "Incomplete run" not in text
+    # what a run killed in its second epoch leaves: one epoch in history.csv, no model, no package
+    lines = (run / "history.csv").read_text().splitlines()
+    (run / "history.csv").write_text("\n".join(lines[:2]) + "\n")
+    shutil.rmtree(run / "model")
+    for name in ("model.sparsecover", "metrics.json"):
+        (run / name).unlink()
+    with pytest.warns(SparsecoverWarning, match=r"training did not finish \(1 of 2 epochs in history.csv"):
+        text = build_report(run, tmp_path / "killed.html").read_text()
+    assert "Incomplete run" in text and "--resume" in text

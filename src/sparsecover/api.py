@@ -15,7 +15,8 @@ from .chips import ChipDataset
 from .combine import open_chip_datasets
 from .errors import SparsecoverError
 from .predict import LoadedModel
-from .train import DEFAULT_LR, MODEL_DIR, TrainConfig, find_lr, prepare, train
+from .runfolder import MODEL_DIR
+from .train import DEFAULT_LR, TrainConfig, find_lr, prepare, train
 
 
 class TrainingData:

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import SparsecoverError
-from .runfolder import CONFIG
+from .errors import SparsecoverError, warn
+from .runfolder import CONFIG, unfinished
 
 
 def _img(path: Path, alt: str) -> str:
@@ -74,6 +74,10 @@ def build_report(run: str | Path, out: str | Path, classified: str | Path | None
         raise SparsecoverError(f"{run}: not a training run folder (no {CONFIG})")
     config = json.loads((run / CONFIG).read_text())["settings"]
     sections = []
+    incomplete = unfinished(run)
+    if incomplete is not None:  # a killed run: say so first, not only by what is missing below
+        warn(incomplete)
+        sections.append(f"<p class='warning'><b>Incomplete run.</b> {html.escape(incomplete)}</p>")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         roots = config["dataset"]
@@ -144,6 +148,7 @@ th, td {{ border: 1px solid #ddd; padding: .25em .6em; text-align: right; }}
 th {{ background: #f3f3f3; }} td:first-child, th:first-child {{ text-align: left; }}
 img {{ max-width: 100%; display: block; margin: .6em 0; }} .headline {{ font-size: 1.05em; }}
 code {{ background: #f5f5f5; padding: 0 .2em; }}
+.warning {{ background: #fff3cd; border: 1px solid #e0b84c; padding: .5em .8em; }}
 </style></head>
 <body><h1>{title}</h1><p>made {created} by sparsecover {version}</p>
 {body}

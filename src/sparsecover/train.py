@@ -56,10 +56,8 @@ from .data import (
 from .errors import SparsecoverError
 from .metrics import summarize
 from .model import Ensemble, build_model, check_network, decision_offsets
-from .runfolder import CONFIG, LAST_CHECKPOINT, check_run_folder
+from .runfolder import CONFIG, LAST_CHECKPOINT, MODEL_DIR, PACKAGE_NAME, check_run_folder
 
-MODEL_DIR = "model"
-PACKAGE_NAME = "model.sparsecover"  # the one-file package written at the end of every run
 HISTORY_COLUMNS = ["epoch", "train_loss", "valid_loss", "accuracy", "macro_f1", "lr", "time_s"]
 # Settings that may differ between a run and its --resume (the rest must match).
 RESUMABLE_DIFFERENCES = {"workers", "quiet", "resume", "onnx"}
