@@ -297,6 +297,10 @@ def test_resume_with_other_settings_is_refused(train_chips, tmp_path):
         train(train_chips, tmp_path / "file", TrainConfig(**FAST))
     with pytest.raises(SparsecoverError, match=r"new: nothing to resume \(no config.json and checkpoints/last.ckpt\)"):
         train(train_chips, tmp_path / "new", TrainConfig(**{**FAST, "resume": True}))
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # cut short, as by a full disk
+    with pytest.raises(SparsecoverError, match=r"last.ckpt: damaged checkpoint \(.*\); this run cannot be resumed"):
+        train(train_chips, run, TrainConfig(**{**FAST, "epochs": 1, "resume": True}))
     # the CLI checks --out itself, before it imports the training stack: the same line, exit 2
     done = subprocess.run([sys.executable, "-m", "sparsecover.cli", "train", str(train_chips), "--out", str(run)],
                           capture_output=True, text=True, timeout=60)

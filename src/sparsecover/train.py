@@ -505,6 +505,14 @@ def _check_resume(run: Path, config: TrainConfig, dataset: ChipDataset) -> None:
                 f"{run}: --resume with other settings: {key} was {saved['settings'].get(key)!r}, "
                 f"now {current.get(key)!r}; rerun with the same settings or use a new --out"
             )
+    for k in range(config.members):  # a checkpoint cut short (disk full, killed mid-write) fails deep in torch
+        path = member_folder(run, k) / LAST_CHECKPOINT
+        if path.exists():
+            try:
+                torch.load(path, map_location="cpu", weights_only=False)
+            except Exception as exc:
+                raise SparsecoverError(f"{path}: damaged checkpoint ({str(exc).splitlines()[0]}); this run cannot be "
+                                       "resumed: train again with a new --out") from None
 
 
 def train(chips: ChipsArg, out: str | Path, config: TrainConfig | None = None) -> Path:
