@@ -33,7 +33,6 @@ import numpy as np
 import pandas as pd
 import rasterio
 from rasterio import features
-from shapely.geometry import box
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sparse_accuracy import SCENES  # noqa: E402  (the benchmarks folder is not a package)
@@ -75,7 +74,7 @@ def annotate(squares: gpd.GeoDataFrame, reference: np.ndarray, transform, field:
     return labelled[labelled[field] > 0].head(wanted)
 
 
-def random_squares(cells, allowed: np.ndarray, n: int, rng, stratified: bool, crs) -> gpd.GeoDataFrame:
+def random_squares(cells, allowed: np.ndarray, n: int, rng, stratified: bool) -> gpd.GeoDataFrame:
     """``n`` random allowed cells as squares; ``stratified``: the same number in every predicted class."""
     rows, cols = np.nonzero(allowed)
     if stratified:
@@ -86,13 +85,7 @@ def random_squares(cells, allowed: np.ndarray, n: int, rng, stratified: bool, cr
         order = list(dict.fromkeys(order))[:n]
     else:
         order = rng.choice(len(rows), size=min(n, len(rows)), replace=False)
-    squares = []
-    for i in order:
-        r, c = int(rows[i]), int(cols[i])
-        west, north = cells.transform * (c, r)
-        east, south = cells.transform * (c + 1, r + 1)
-        squares.append(box(west, south, east, north))
-    return gpd.GeoDataFrame(geometry=squares, crs=crs)
+    return gpd.GeoDataFrame(geometry=[cells.square(int(rows[i]), int(cols[i])) for i in order], crs=cells.crs)
 
 
 def score(mapped: Path, reference: Path, labels: Path, out: Path) -> dict:
@@ -151,10 +144,8 @@ def run_seed(seed: int, args, image: Path, data: Path, work: Path) -> list[dict]
                 squares = gpd.read_file(suggestions)[["geometry"]]
             else:
                 cells = read_cells(current[1], current[2], args.size)
-                with rasterio.open(current[1]) as src:
-                    pixel = abs(src.transform.a)
-                allowed = cells.valid & ~excluded_cells(labelled, labels_path, cells, crs, pixel, args.size)
-                squares = random_squares(cells, allowed, asked, rng, strategy == "stratified", crs)
+                allowed = cells.valid & ~excluded_cells(labelled, labels_path, cells)
+                squares = random_squares(cells, allowed, asked, rng, strategy == "stratified")
             new = annotate(squares.to_crs(crs), reference, transform, field, args.squares)
             labelled = gpd.GeoDataFrame(pd.concat([labelled, new[[field, "geometry"]]], ignore_index=True), crs=crs)
             labels_path = folder / f"labels_round{k}.gpkg"

@@ -53,10 +53,19 @@ class Cells:
     predicted: np.ndarray  # (rows, cols) uint8: the class value all its pixels got; 0: mixed or not all valid
     valid: np.ndarray  # (rows, cols) bool: every pixel valid
     transform: Affine  # of the cell grid
+    crs: object = None  # the raster's
 
     @property
     def candidates(self) -> np.ndarray:
         return self.valid & (self.predicted > 0)
+
+    def square(self, row: int, col: int):
+        """Cell (row, col) as a shapely polygon in the raster's CRS."""
+        from shapely.geometry import box
+
+        left, top = self.transform * (col, row)
+        right, bottom = self.transform * (col + 1, row + 1)
+        return box(min(left, right), min(top, bottom), max(left, right), max(top, bottom))
 
 
 def read_cells(classes: Path, uncertainty: Path, size: int) -> Cells:
@@ -83,8 +92,8 @@ def read_cells(classes: Path, uncertainty: Path, size: int) -> Cells:
             predicted[top : top + n] = np.where(inside & one_class, first[:, 0, :, 0], 0)
             valid[top : top + n] = inside
             mean[top : top + n] = np.where(inside, unc.mean(axis=(1, 3), dtype=np.float64), 0)
-        transform = cls_src.transform * Affine.scale(size)
-    return Cells(mean, predicted, valid, transform)
+        transform, crs = cls_src.transform * Affine.scale(size), cls_src.crs
+    return Cells(mean, predicted, valid, transform, crs)
 
 
 def min_spacing(valid_cells: int, n: int) -> int:
@@ -154,9 +163,10 @@ def choose_cells(cells: Cells, allowed: np.ndarray, n: int, seed: int = 0) -> li
     return chosen
 
 
-def excluded_cells(frame, labels: Path, cells: Cells, crs, pixel: float, size: int) -> np.ndarray:
-    """Cells within ``size`` pixels of an existing label (``frame`` read from ``labels``)."""
-    geometries = [g for g in frame.to_crs(crs).geometry.buffer(size * pixel) if g is not None and not g.is_empty]
+def excluded_cells(frame, labels: Path, cells: Cells) -> np.ndarray:
+    """Cells within one cell side of an existing label (``frame`` read from ``labels``)."""
+    side = abs(cells.transform.a)
+    geometries = [g for g in frame.to_crs(cells.crs).geometry.buffer(side) if g is not None and not g.is_empty]
     excluded = np.zeros(cells.valid.shape, bool)
     if geometries:
         excluded = features.rasterize(((g, 1) for g in geometries), out_shape=excluded.shape,
@@ -166,27 +176,22 @@ def excluded_cells(frame, labels: Path, cells: Cells, crs, pixel: float, size: i
     return excluded
 
 
-def write_squares(out: Path, cells: Cells, chosen: list[tuple[int, int]], meta: dict, class_field: str, crs) -> None:
+def write_squares(out: Path, cells: Cells, chosen: list[tuple[int, int]], meta: dict, class_field: str) -> None:
     """The chosen cells as square polygons in a GeoPackage, written beside ``out`` and renamed."""
     import geopandas as gpd
     import pandas as pd
-    from shapely.geometry import box
 
     names = {c["value"]: c["name"] for c in meta["classes"]}
-    squares, predicted, uncertainty = [], [], []
-    for r, c in chosen:
-        left, top = cells.transform * (c, r)
-        right, bottom = cells.transform * (c + 1, r + 1)
-        squares.append(box(min(left, right), min(top, bottom), max(left, right), max(top, bottom)))
-        predicted.append(int(cells.predicted[r, c]))
-        uncertainty.append(round(float(cells.uncertainty[r, c]), 4))
+    squares = [cells.square(r, c) for r, c in chosen]
+    predicted = [int(cells.predicted[r, c]) for r, c in chosen]
+    uncertainty = [round(float(cells.uncertainty[r, c]), 4) for r, c in chosen]
     frame = gpd.GeoDataFrame({
         class_field: pd.array([None] * len(chosen), dtype="Int32"),  # for the user to fill in
         "predicted": pd.array(predicted, dtype="Int32"),
         "predicted_name": [names.get(v, str(v)) for v in predicted],
         "uncertainty": uncertainty,
         "rank": pd.array(range(1, len(chosen) + 1), dtype="Int32"),
-    }, geometry=squares, crs=crs)
+    }, geometry=squares, crs=cells.crs)
     staging = staging_file(out, suffix=".gpkg")
     try:
         staging.unlink()
@@ -242,11 +247,9 @@ def suggest_labels(
             classes = classify_pixels(raster, model, work / "classes.tif", tile_size=tile_size, padding=padding,
                                       uncertainty=unc, device=device, overwrite=overwrite, progress=progress)
             cells = read_cells(classes, unc, size)
-            with rasterio.open(classes) as src:
-                crs, pixel = src.crs, abs(src.transform.a)
             allowed = cells.candidates
             if existing is not None:
-                allowed = allowed & ~excluded_cells(existing, Path(labels), cells, crs, pixel, size)
+                allowed = allowed & ~excluded_cells(existing, Path(labels), cells)
             if not allowed.any():
                 raise SparsecoverError(f"{raster}: no place to suggest: every {size} px square is nodata, mixed or "
                                        "beside an existing label; try a smaller --size")
@@ -254,7 +257,7 @@ def suggest_labels(
             if len(chosen) < n:
                 warn(f"{raster}: only {len(chosen)} squares qualify (valid, one predicted class, away from the labels "
                      f"and from each other); wrote {len(chosen)} of {n}")
-            write_squares(out, cells, chosen, meta, field, crs)
+            write_squares(out, cells, chosen, meta, field)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return out
