@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from xml.etree import ElementTree
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
@@ -55,6 +56,9 @@ def test_classified_raster_matches_grid_and_carries_nodata(trained, train_chips,
     rows = [[f.text for f in row] for row in table.findall("Row")]
     assert rows[0] == ["1", "class1", str((classes == 1).sum()), "78", "121", "167"]
     assert [int(r[2]) for r in rows] == [(classes == v).sum() for v in (1, 2, 3)]
+    # QGIS's default style beside the map: a paletted renderer with the class colours and names
+    palette = ElementTree.parse(tmp_path / "map.qml").findall("pipe/rasterrenderer/colorPalette/paletteEntry")
+    assert [(e.get("value"), e.get("label"), e.get("color")) for e in palette][0] == ("1", "class1", "#4e79a7")
     # `sparsecover info MAP`: each class's pixels, share and area (the scene's CRS is in metres)
     from click.testing import CliRunner
 
@@ -276,8 +280,10 @@ def test_cli_classifies_several_rasters_into_a_folder(trained, train_chips, tmp_
     maps, confidence = tmp_path / "maps", tmp_path / "conf"
     maps.mkdir()
     confidence.mkdir()
+    vectors = tmp_path / "vectors"
+    vectors.mkdir()
     args = ["classify", str(first), str(second), str(trained), "--out", str(maps), "--confidence", str(confidence),
-            "--tile-size", "64", "--padding", "16", "-q"]
+            "--vector", str(vectors), "--min-area", "3px", "--tile-size", "64", "--padding", "16", "-q"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     with rasterio.open(maps / "first.tif") as a, rasterio.open(maps / "second.tif") as b:
@@ -285,6 +291,8 @@ def test_cli_classifies_several_rasters_into_a_folder(trained, train_chips, tmp_
         single = classify_pixels(first, trained, tmp_path / "single.tif", tile_size=64, padding=16, progress=False)
         assert np.array_equal(a.read(1), rasterio.open(single).read(1))
     assert (confidence / "first.tif").exists() and (confidence / "second.tif").exists()
+    polygons = gpd.read_file(vectors / "second.gpkg", layer="second")
+    assert polygons.pixels.min() >= 3 and polygons.pixels.sum() == (rasterio.open(maps / "second.tif").read(1) > 0).sum()
     result = CliRunner().invoke(cli, ["classify", str(first), str(second), str(trained), "--out", str(tmp_path / "x.tif")])
     assert result.exit_code == 2 and "must be existing folders" in result.output
 

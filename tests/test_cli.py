@@ -12,7 +12,7 @@ from conftest import make_scene, scene_polygons
 from sparsecover import __version__
 from sparsecover.cli import cli
 
-COMMANDS = ["stack", "export", "info", "demo", "train", "lr-find", "classify", "suggest", "package", "export-onnx", "check", "evaluate", "report"]
+COMMANDS = ["stack", "export", "info", "demo", "train", "lr-find", "classify", "suggest", "vectorize", "package", "export-onnx", "check", "evaluate", "report"]
 
 
 def test_version_and_help():
@@ -31,7 +31,7 @@ def test_help_and_light_commands_do_not_load_pytorch():
     """`sparsecover --help`, `stack`, `check` and `info` answer at once: PyTorch is imported where a
     network is built or trained (importing it took ~5 s before any output)."""
     code = ("import sys, sparsecover, sparsecover.cli, sparsecover.stack, sparsecover.chips, sparsecover.predict, "
-            "sparsecover.package; "
+            "sparsecover.package, sparsecover.polygonize; "
             "assert 'torch' not in sys.modules, 'torch imported'; "
             "from sparsecover import classify_pixels, UnetClassifier, SparsecoverError, __all__; "
             "assert all(hasattr(sparsecover, n) for n in __all__) and 'torch' in sys.modules")
@@ -80,7 +80,8 @@ def test_other_errors_exit_2(args, tmp_path):
 def test_demo_runs_on_the_shipped_scene(tmp_path):
     result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo"), "-q", "--epochs", "1"])
     assert result.exit_code == 0, result.output
-    for artifact in ("chips/dataset.json", "run/model.sparsecover", "run/lr_find.png", "landcover.tif",
+    for artifact in ("chips/dataset.json", "run/model.sparsecover", "run/lr_find.png", "landcover.tif", "landcover.qml",
+                     "landcover.gpkg",
                      "evaluation/metrics.json", "evaluation_points/metrics.json", "validation/confusion_matrix.png",
                      "report.html"):
         assert (tmp_path / "demo" / artifact).exists(), artifact

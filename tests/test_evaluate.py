@@ -134,12 +134,24 @@ def test_report_renders_in_a_real_browser(tmp_path, train_chips):
 
     squares = suggest_labels(train_chips.parent / "classes_scene.tif", run, tmp_path / "to_label.gpkg", n=5, size=4,
                              uncertainty=tmp_path / "unc.tif", tile_size=64, padding=16, progress=False)
+    from sparsecover.polygonize import vectorize
+
+    vector = vectorize(classified, tmp_path / "map.gpkg", progress=False)
     report = build_report(run, tmp_path / "report.html", classified=classified, evaluation=evaluation,
-                          uncertainty=tmp_path / "unc.tif", suggestions=squares)
+                          uncertainty=tmp_path / "unc.tif", suggestions=squares, vector=vector)
     text = report.read_text()
     for heading in ("Data", "Settings", "Training", "Validation (held-out polygons)", "image | ground truth | prediction",
-                    "Map", "Map accuracy against polygons.gpkg", "Where to label next"):
+                    "Map", "Map accuracy against polygons.gpkg", "Where to label next", "Vector map", "area (ha)"):
         assert heading in text, heading
+    polygons = gpd.read_file(vector, layer="map")
+    assert f"{len(polygons):,} polygons" in text
+    # settings: what differs from train's defaults (epochs 2, not 10), not every field
+    assert "<td>epochs</td><td>2</td><td>10</td>" in text and "<td>architecture</td>" not in text
+    from sparsecover.combine import open_chip_datasets
+    from sparsecover.report import _imagery
+
+    # the map is drawn beside the imagery the chips were cut from (same grid)
+    assert _imagery(open_chip_datasets(train_chips), classified) == (train_chips.parent / "classes_scene.tif").resolve()
     assert text.count("data:image/png;base64,") >= 6 and "http://" not in text and "https://" not in text
     if chromium is None:
         pytest.skip("Chromium not installed (Debian package chromium; .ci/run installs it): browser check skipped")

@@ -139,6 +139,37 @@ def test_classified_raster_labels_make_region_groups(tmp_path):
     assert ds.class_pixel_counts == {1: 20 * 30 + 20 * 20, 2: 40 * 40}
 
 
+def test_a_label_rasters_class_names_and_colours_are_kept(tmp_path):
+    """Names from the attribute table in the label raster's .aux.xml (as ArcGIS and sparsecover write
+    it), colours from its colour table; --class-names / --class-colors override them."""
+    from sparsecover.classes import ClassInfo, write_class_sidecar
+
+    raster = make_scene(tmp_path)
+    classes = np.zeros((150, 200), dtype="uint8")
+    classes[20:40, 30:60] = 1
+    classes[80:120, 50:90] = 2
+    labels = write_raster(tmp_path / "classes.tif", classes, nodata=0)
+    with rasterio.open(labels, "r+") as dst:
+        dst.write_colormap(1, {1: (10, 20, 30, 255), 2: (40, 50, 60, 255)})
+    write_class_sidecar(labels, [ClassInfo(1, "water", "#0a141e"), ClassInfo(2, "forest", "#28323c")], [0, 600, 1600])
+    ds = open_chip_dataset(export_training_data(raster, labels, tmp_path / "c", tile_size=32, stride=16,
+                                                progress=False))
+    assert [(c.value, c.name, c.color) for c in ds.classes] == [(1, "water", "#0a141e"), (2, "forest", "#28323c")]
+    from click.testing import CliRunner
+
+    from sparsecover.cli import cli
+
+    result = CliRunner().invoke(cli, ["export", str(raster), "--labels", str(labels), "--out", str(tmp_path / "d"),
+                                      "--tile-size", "32", "--class-names", "2=woodland", "--class-colors", "1=#ff0000",
+                                      "-q"])
+    assert result.exit_code == 0, result.output
+    ds = open_chip_dataset(tmp_path / "d")
+    assert [(c.name, c.color) for c in ds.classes] == [("water", "#ff0000"), ("woodland", "#28323c")]
+    bad = CliRunner().invoke(cli, ["export", str(raster), "--labels", str(labels), "--out", str(tmp_path / "e"),
+                                   "--class-names", "woodland"])
+    assert bad.exit_code == 2 and "is not VALUE=NAME" in bad.output
+
+
 def test_several_rasters_make_one_dataset(tmp_path):
     first = make_scene(tmp_path)
     second_dir = tmp_path / "second"

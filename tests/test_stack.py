@@ -93,3 +93,81 @@ def test_bad_arguments(bands, tmp_path):
     with pytest.raises(SparsecoverError, match="already exists; pass --overwrite"):
         stack_bands(bands, tmp_path / "s.vrt")
     stack_bands(bands, tmp_path / "s.vrt", overwrite=True)
+
+
+def _item(tmp_path, bands):
+    """A STAC item whose assets are local COGs linked relative to the item, as catalogues publish them."""
+    import datetime
+
+    import pystac
+    import rasterio.shutil
+
+    folder = tmp_path / "item"
+    folder.mkdir()
+    item = pystac.Item("scene", geometry=None, bbox=None, datetime=datetime.datetime(2024, 6, 1), properties={})
+    for index, (path, common) in enumerate(zip(bands, ["blue", "green", "swir16"])):
+        cog = folder / f"B0{index + 2}.tif"
+        rasterio.shutil.copy(path, cog, driver="COG")
+        item.add_asset(f"B0{index + 2}", pystac.Asset(href=cog.name, media_type=pystac.MediaType.COG, roles=["data"],
+                                                      extra_fields={"eo:bands": [{"name": f"B0{index + 2}",
+                                                                                  "common_name": common}]}))
+    item.add_asset("thumbnail", pystac.Asset(href="thumb.png", media_type=pystac.MediaType.PNG))
+    item.set_self_href(str(folder / "item.json"))
+    item.make_asset_hrefs_relative()
+    item.save_object(include_self_link=False)
+    return folder / "item.json"
+
+
+def test_a_stac_items_assets_stack_by_key_or_common_name(bands, tmp_path):
+    from click.testing import CliRunner
+
+    from sparsecover.cli import cli
+
+    item = _item(tmp_path, bands)
+    out = stack_bands([item], tmp_path / "scene.vrt", assets=["B04", "blue"])
+    with rasterio.open(out) as src:
+        assert src.descriptions == ("swir16", "blue")
+        with rasterio.open(bands[2]) as b3, rasterio.open(bands[0]) as b1:
+            np.testing.assert_array_equal(src.read(1), b3.read(1))
+            np.testing.assert_array_equal(src.read(2), b1.read(1))
+    result = CliRunner().invoke(cli, ["stack", str(item), "--assets", "green,B04", "-o", str(tmp_path / "c.tif"), "--cog"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "c.tif") as src:
+        assert src.descriptions == ("green", "swir16") and src.count == 2
+    cases = [
+        (["--assets", "B09"], "no asset 'B09'; the item has: B02 (blue/B02), B03 (green/B03), B04 (swir16/B04), thumbnail"),
+        ([], "needs --assets"),
+    ]
+    for extra, message in cases:
+        result = CliRunner().invoke(cli, ["stack", str(item), *extra, "-o", str(tmp_path / "x.vrt")])
+        assert result.exit_code == 2 and message in result.output, result.output
+    (tmp_path / "bad.json").write_text('{"type": "FeatureCollection"}')
+    result = CliRunner().invoke(cli, ["stack", str(tmp_path / "bad.json"), "--assets", "B02", "-o", str(tmp_path / "x.vrt")])
+    assert result.exit_code == 2 and "not a STAC item" in result.output
+    result = CliRunner().invoke(cli, ["stack", str(bands[0]), "--assets", "B02", "-o", str(tmp_path / "x.vrt")])
+    assert result.exit_code == 2 and "give the item (.json) as the only input" in result.output
+    assert not (tmp_path / "x.vrt").exists()
+
+
+def test_remote_asset_links_become_gdal_virtual_paths():
+    from sparsecover.stac import gdal_path
+
+    assert gdal_path("https://example.com/a/B02.tif") == "/vsicurl/https://example.com/a/B02.tif"
+    assert gdal_path("s3://sentinel-cogs/tiles/B02.tif") == "/vsis3/sentinel-cogs/tiles/B02.tif"
+    assert gdal_path("file:///data/my%20scene/B02.tif") == "/data/my scene/B02.tif"
+    assert gdal_path("/data/B02.tif") == "/data/B02.tif"
+    with pytest.raises(SparsecoverError, match="not one GDAL reads"):
+        gdal_path("ftp://example.com/B02.tif")
+
+
+def test_a_gdal_virtual_path_is_written_to_the_vrt_as_given(bands, tmp_path):
+    """Remote assets open as /vsicurl/https://...: a Path would fold the "//"; /vsimem/ stands in."""
+    from rasterio.io import MemoryFile
+
+    with rasterio.open(bands[0]) as src, MemoryFile() as memory:
+        with memory.open(**src.profile) as dst:
+            dst.write(src.read())
+        out = stack_bands([memory.name, bands[1]], tmp_path / "v.vrt")
+        assert f'relativeToVRT="0">{memory.name}<' in out.read_text()
+        with rasterio.open(out) as stacked:
+            np.testing.assert_array_equal(stacked.read(1), src.read(1))

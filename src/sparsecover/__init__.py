@@ -34,6 +34,7 @@ _LAZY = {
     "load_model": "predict",
     "stack_bands": "stack",
     "suggest_labels": "suggest",
+    "vectorize": "polygonize",
 }
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from .predict import load_model
     from .stack import stack_bands
     from .suggest import suggest_labels
+    from .polygonize import vectorize
 
 
 def __getattr__(name: str):

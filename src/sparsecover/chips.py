@@ -62,6 +62,7 @@ class ChipDataset:
     group_table: dict[int, dict] = field(default_factory=dict)  # id -> {"class", "pixels"}
     block_origin: tuple[float, float] | None = None  # Esri: where the group block grid starts
     class_field: str | None = None  # the label polygons' class field, named again by `suggest`
+    sources: list[Path] = field(default_factory=list)  # the rasters the chips were cut from
 
     def __len__(self) -> int:
         return len(self.chips)
@@ -182,6 +183,7 @@ def _open_sparsecover(root: Path) -> ChipDataset:
         resolution=tuple(meta["resolution"]) if meta.get("resolution") else None,
         group_table={g["id"]: {"class": g["class"], "pixels": g["pixels"]} for g in meta["groups"]},
         class_field=(meta.get("labels") or {}).get("class_field"),
+        sources=[Path(source["path"]) for source in meta.get("sources", [])],
     )
 
 

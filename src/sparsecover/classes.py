@@ -7,6 +7,7 @@ styling; users override them with ``value=#rrggbb`` pairs.
 
 from __future__ import annotations
 
+import json
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -27,6 +28,9 @@ _NAMED_COLOURS = (
     (("wetland", "marsh", "swamp"), "#75a1c7"),
     (("snow", "ice", "cloud"), "#f2f2f2"),
 )
+
+#: More distinct values than this, with no class names or colours, is an image band, not a class map.
+MAX_UNNAMED_CLASSES = 100
 
 # Qualitative palette (Tableau 10) for classes whose names say nothing.
 _PALETTE = (
@@ -85,22 +89,35 @@ def normalise_color(text: str) -> str:
     return text
 
 
-def parse_color_pairs(text: str | None) -> dict[int, str]:
-    """Parse ``"1=#ff0000,2=#00ff00"`` (the CLI's --class-colors) into {value: colour}."""
+def _pairs(text: str | None, option: str, form: str, convert) -> dict[int, str]:
+    """Parse ``"1=a,2=b"`` into {1: convert("a"), 2: convert("b")}; ``form`` names the item in errors."""
     if not text:
         return {}
     pairs = {}
     for item in text.split(","):
-        value, sep, color = item.partition("=")
-        if not sep or not value.strip().isdigit():
-            raise SparsecoverError(f"--class-colors item {item!r} is not VALUE=#rrggbb")
-        pairs[int(value)] = normalise_color(color)
+        value, sep, rest = item.partition("=")
+        if not sep or not value.strip().isdigit() or not rest.strip():
+            raise SparsecoverError(f"{option} item {item!r} is not {form}")
+        pairs[int(value)] = convert(rest)
     return pairs
+
+
+def parse_color_pairs(text: str | None) -> dict[int, str]:
+    """Parse ``"1=#ff0000,2=#00ff00"`` (the CLI's --class-colors) into {value: colour}."""
+    return _pairs(text, "--class-colors", "VALUE=#rrggbb", normalise_color)
+
+
+def parse_name_pairs(text: str | None) -> dict[int, str]:
+    """Parse ``"1=water,2=forest"`` (the CLI's --class-names) into {value: name}."""
+    return _pairs(text, "--class-names", "VALUE=NAME", str.strip)
 
 
 def rgb_to_hex(rgb: list[int] | tuple[int, ...]) -> str:
     return "#" + "".join(f"{int(c):02x}" for c in rgb[:3])
 
+
+#: GDAL's raster attribute table field usages (gdal.h) that name a class and give its value.
+_USAGE_NAME, _USAGE_MINMAX = 2, 5
 
 #: GDAL's raster attribute table codes (gdal.h): field types and usages.
 _RAT_FIELDS = (("Value", 0, 5), ("ClassName", 2, 2), ("Count", 0, 1), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8))
@@ -141,3 +158,49 @@ def write_class_sidecar(raster: Path, classes: list[ClassInfo], counts: Sequence
     finally:
         partial.unlink(missing_ok=True)
     return sidecar
+
+
+def read_raster_classes(src) -> tuple[dict[int, str], dict[int, str]]:
+    """Class names and colours a class raster carries: ``({value: name}, {value: "#rrggbb"})``.
+
+    Names come from the CLASS_NAMES tag sparsecover writes, else from GDAL's category names or the
+    name column of the raster attribute table in ``<raster>.aux.xml`` (what ArcGIS, QGIS and GDAL
+    write); colours from the embedded colour table. Either may be empty.
+    """
+    try:
+        colours = {int(v): rgb_to_hex(rgba) for v, rgba in src.colormap(1).items()}
+    except ValueError:  # no colour table
+        colours = {}
+    tag = src.tags().get("CLASS_NAMES")
+    if tag:
+        return {int(k): v for k, v in json.loads(tag).items()}, colours
+    return _sidecar_names(Path(src.name + ".aux.xml")), colours
+
+
+def _sidecar_names(sidecar: Path) -> dict[int, str]:
+    try:
+        root = ET.parse(sidecar).getroot()
+    except (OSError, ET.ParseError):
+        return {}
+    band = root.find("PAMRasterBand[@band='1']")
+    if band is None:
+        return {}
+    names = {i: (c.text or "").strip() for i, c in enumerate(band.findall("CategoryNames/Category"))}
+    names = {v: n for v, n in names.items() if n}
+    table = band.find("GDALRasterAttributeTable")
+    if names or table is None:
+        return names
+    usage = {int(f.get("index", -1)): int(f.findtext("Usage", "0")) for f in table.findall("FieldDefn")}
+    name_col = next((i for i, u in usage.items() if u == _USAGE_NAME), None)
+    value_col = next((i for i, u in usage.items() if u == _USAGE_MINMAX), None)
+    if name_col is None or value_col is None:
+        return {}
+    for row in table.findall("Row"):
+        cells = [f.text or "" for f in row.findall("F")]
+        try:
+            value = int(float(cells[value_col]))
+        except (IndexError, ValueError):
+            continue
+        if cells[name_col].strip():
+            names[value] = cells[name_col].strip()
+    return names

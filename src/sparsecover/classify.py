@@ -49,6 +49,8 @@ from .progress import track
 from .raster import (GDAL_CACHE_BYTES, GDAL_ERRORS, close_checked, common_dtype, describe, gdal_env,
                      open_raster, read_window, thread_pool)
 from .staging import exclusive
+from .styles import write_raster_style
+from .polygonize import parse_min_area, vectorize
 
 MULTIPLE = 32  # U-Net encoders downsample 5 times: tile sides must be multiples of 32
 #: Batches that may wait between the stages (read -> predict -> write) so that a slow moment in one
@@ -585,6 +587,7 @@ class _Outputs:
                                  bigtiff="IF_SAFER", num_threads="ALL_CPUS")
             if kind == "classes":
                 write_class_sidecar(final, self.classes, self.done_counts + self.pending_counts)
+                write_raster_style(final, self.classes)
             os.replace(staging, final)
         self.discard()
 
@@ -690,18 +693,24 @@ def classify_pixels(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    vector: str | Path | None = None,
+    min_area: str | None = None,
 ) -> Path:
     """Classify ``raster`` with a trained model (package, run or model folder) into ``out``.
 
     ``workers`` starts a local Dask cluster of that many processes; ``dask_scheduler`` uses a running
     one. ``resume`` continues an interrupted run from its finished blocks (same settings required).
     ``confidence``, ``uncertainty`` and ``probabilities`` are further COGs to write (see :class:`_Outputs`).
-    ``class_prior``: one of :data:`CLASS_PRIORS`.
+    ``class_prior``: one of :data:`CLASS_PRIORS`. ``vector``: also the map as polygons in a
+    GeoPackage, with ``min_area`` as the minimum mapping unit (see :func:`polygonize.vectorize`).
     """
     out = Path(out)
     extras = {k: Path(v) for k, v in (("confidence", confidence), ("uncertainty", uncertainty),
                                       ("probabilities", probabilities)) if v is not None}
-    outputs = [out, *extras.values()]
+    outputs = [out, *extras.values(), *([Path(vector)] if vector is not None else [])]
+    if vector is not None and Path(vector).suffix.lower() != ".gpkg":
+        raise SparsecoverError(f"{vector}: the vector map is a GeoPackage; name it *.gpkg")
+    parse_min_area(min_area)
     for path in map(Path, outputs):
         if path.exists() and not overwrite:
             raise SparsecoverError(f"{path}: already exists; pass --overwrite to replace it")
@@ -717,8 +726,11 @@ def classify_pixels(
         raise SparsecoverError(f"--tile-size must be a multiple of {MULTIPLE} and at least 2 x --padding + {MULTIPLE} "
                                f"(got {tile_size}, {padding})")
     with exclusive(out):
-        return _classify(raster, model, out, tile_size, padding, batch_size, tta, extras, class_prior, aoi,
-                         device, engine, workers, dask_scheduler, resume, progress)
+        _classify(raster, model, out, tile_size, padding, batch_size, tta, extras, class_prior, aoi,
+                  device, engine, workers, dask_scheduler, resume, progress)
+    if vector is not None:
+        vectorize(out, vector, min_area=min_area, overwrite=overwrite, progress=progress)
+    return out
 
 
 def _classify(raster: str | Path, model: str | Path | LoadedModel, out: Path, tile_size: int, padding: int,

@@ -52,19 +52,22 @@ def _split(text: str | None) -> list[str] | None:
 
 
 @cli.command()
-@click.argument("bands", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("bands", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Output raster: .vrt (default, no pixels copied) or .tif with --cog.")
+@click.option("--assets", help="With a STAC item: the assets to stack, in order (keys or common names, e.g. "
+              "B02,B03,B04,B08 or blue,green,red,nir).")
 @click.option("--band-names", help="Comma-separated names, one per output band (e.g. blue,green,red).")
 @click.option("--resample", help="Align files on another grid to the first file's grid with this "
               "method (nearest, bilinear, cubic, average, ...).")
 @click.option("--cog", is_flag=True, help="Write a tiled, compressed Cloud-Optimized GeoTIFF instead of a VRT.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-def stack(bands, output, band_names, resample, cog, overwrite) -> None:
-    """Stack one-file-per-band rasters (Landsat, Sentinel-2) into one multiband raster."""
+def stack(bands, output, assets, band_names, resample, cog, overwrite) -> None:
+    """Stack one-file-per-band rasters (Landsat, Sentinel-2), or the assets of a STAC item (ITEM.json,
+    a file or URL), into one multiband raster."""
     from .stack import stack_bands
 
-    path = stack_bands(list(bands), output, _split(band_names), resample, cog, overwrite)
+    path = stack_bands(list(bands), output, _split(band_names), resample, cog, overwrite, _split(assets))
     out_console.print(f"wrote {path}")
 
 
@@ -79,20 +82,23 @@ def stack(bands, output, band_names, resample, cog, overwrite) -> None:
 @click.option("--tile-size", default=256, show_default=True, help="Chip width and height in pixels.")
 @click.option("--stride", default=64, show_default=True, help="Step between chips in pixels.")
 @click.option("--all-tiles", is_flag=True, help="Also write chips without labels (for semi-supervised use).")
-@click.option("--class-colors", help="Colours as VALUE=#rrggbb,... (default: land-cover palette).")
+@click.option("--class-names", help="Names as VALUE=NAME,... (default: the name field, or what a label raster "
+              "carries: category names, attribute table).")
+@click.option("--class-colors", help="Colours as VALUE=#rrggbb,... (default: a label raster's colour table, "
+              "else a land-cover palette).")
 @click.option("--workers", type=int, help="Threads for reading and writing (default: cores, at most 4).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars; one summary line instead of the tables.")
 def export(rasters, labels, class_field, class_name_field, out, tile_size, stride, all_tiles,
-           class_colors, workers, overwrite, quiet) -> None:
+           class_names, class_colors, workers, overwrite, quiet) -> None:
     """Export image and label chips (a chip dataset) from raster(s) and labels."""
     from .chips import open_chip_dataset
-    from .classes import parse_color_pairs
+    from .classes import parse_color_pairs, parse_name_pairs
     from .export import export_training_data
 
     path = export_training_data(
         list(rasters), list(labels), out, class_field=class_field, class_name_field=class_name_field,
-        tile_size=tile_size, stride=stride, all_tiles=all_tiles,
+        tile_size=tile_size, stride=stride, all_tiles=all_tiles, class_names=parse_name_pairs(class_names),
         class_colors=parse_color_pairs(class_colors), overwrite=overwrite, workers=workers,
         progress=not quiet,
     )
@@ -210,6 +216,9 @@ def lr_find(chips, out, **kw) -> None:
 @click.option("--probabilities", type=click.Path(path_type=Path), help="Also write per-class probabilities here.")
 @click.option("--uncertainty", type=click.Path(path_type=Path),
               help="Also write each pixel's uncertainty here (1 - margin of the top two probabilities).")
+@click.option("--vector", type=click.Path(path_type=Path),
+              help="Also write the map as polygons in this GeoPackage (see `sparsecover vectorize`).")
+@click.option("--min-area", help="With --vector: minimum mapping unit, e.g. 0.5ha or 12px.")
 @click.option("--class-prior", type=click.Choice(["labels", "balanced"]), default="labels", show_default=True,
               help="Decide under the class frequencies of the training labels, or as if all classes were equally "
                    "common (more of the rare classes).")
@@ -221,35 +230,36 @@ def lr_find(chips, out, **kw) -> None:
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its finished blocks.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def classify(rasters, out, tile_size, padding, batch_size, tta, confidence, probabilities, uncertainty, class_prior,
-             aoi, device, engine, workers, dask_scheduler, resume, overwrite, quiet) -> None:
+def classify(rasters, out, tile_size, padding, batch_size, tta, confidence, probabilities, uncertainty, vector,
+             min_area, class_prior, aoi, device, engine, workers, dask_scheduler, resume, overwrite, quiet) -> None:
     """Classify RASTER [RASTER...] MODEL: each raster with a trained model (.sparsecover package or run folder).
 
     Several rasters give one output each, in the --out folder (and the --confidence, --uncertainty,
-    --probabilities folders), named after the raster. To get one map of a mosaic, classify a VRT of the tiles instead.
+    --probabilities, --vector folders), named after the raster. To get one map of a mosaic, classify a VRT of the tiles instead.
     """
     from .classify import classify_pixels
 
     if len(rasters) < 2:
         raise SparsecoverError("classify needs RASTER [RASTER...] MODEL: a raster and a model package or run folder")
     *inputs, model = rasters
-    extras = {"confidence": confidence, "uncertainty": uncertainty, "probabilities": probabilities}
+    extras = {"confidence": confidence, "uncertainty": uncertainty, "probabilities": probabilities, "vector": vector}
     extras = {k: v for k, v in extras.items() if v}
     jobs = [(inputs[0], out, extras)]
     if len(inputs) > 1:
         for folder in (out, *extras.values()):
             if not folder.is_dir():
                 raise SparsecoverError(f"{folder}: with several rasters, --out (and --confidence, --uncertainty, "
-                                       "--probabilities) must be existing folders")
+                                       "--probabilities, --vector) must be existing folders")
         names = [r.stem for r in inputs]
         if len(set(names)) < len(names):
             raise SparsecoverError("several input rasters share a file name; their outputs would collide")
-        jobs = [(r, out / f"{r.stem}.tif", {k: v / f"{r.stem}.tif" for k, v in extras.items()}) for r in inputs]
+        jobs = [(r, out / f"{r.stem}.tif", {k: v / f"{r.stem}{'.gpkg' if k == 'vector' else '.tif'}"
+                                            for k, v in extras.items()}) for r in inputs]
     for raster, target, paths in jobs:
         path = classify_pixels(raster, model, target, tile_size=tile_size, padding=padding, batch_size=batch_size,
                                tta=tta, class_prior=class_prior, aoi=aoi, device=device, engine=engine, workers=workers,
                                dask_scheduler=dask_scheduler, resume=resume, overwrite=overwrite, progress=not quiet,
-                               **paths)
+                               min_area=min_area, **paths)
         out_console.print(f"wrote {path}" + "".join(f" and {p}" for p in paths.values()))
 
 
@@ -283,6 +293,31 @@ def suggest(raster, model, out, n, size, labels, uncertainty, class_field, seed,
 
 
 @cli.command()
+@click.argument("classified", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="GeoPackage of polygons (styled for QGIS).")
+@click.option("--min-area", help="Minimum mapping unit: smaller patches join their largest neighbour first "
+              "(e.g. 0.5ha, or 12px).")
+@click.option("--simplify", type=float, help="Simplify edges with this tolerance in map units; neighbours keep "
+              "shared edges (no gaps or overlaps).")
+@click.option("--classes", help="Only these class values, e.g. 3,5.")
+@click.option("--layer", help="Layer name [default: the file's name].")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def vectorize(classified, out, min_area, simplify, classes, layer, overwrite, quiet) -> None:
+    """Polygons of a class map: one per patch of connected pixels (sharing an edge) of one class, with
+    class name, area and perimeter, in the map's colours when opened in QGIS."""
+    from .polygonize import vectorize as run
+
+    try:
+        values = [int(v) for v in _split(classes)] if classes else None
+    except ValueError:
+        raise SparsecoverError(f"--classes {classes!r}: give class values, e.g. 3,5") from None
+    path = run(classified, out, min_area=min_area, simplify=simplify, classes=values, layer=layer,
+               overwrite=overwrite, progress=not quiet)
+    out_console.print(f"wrote {path}")
+
+
+@cli.command()
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--reference", type=click.Path(path_type=Path),
               help="Reference raster (0 = none), polygons or points; without it TARGET is a run or package "
@@ -313,16 +348,18 @@ def evaluate(target, reference, class_field, exclude, out, quiet) -> None:
 @cli.command()
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--classified", type=click.Path(path_type=Path), help="Classified raster to preview.")
-@click.option("--evaluation", type=click.Path(path_type=Path), help="Folder written by `evaluate` for that map.")
+@click.option("--evaluation", multiple=True, type=click.Path(path_type=Path),
+              help="Folder written by `evaluate` for that map; repeat it for several references (map, points).")
 @click.option("--uncertainty", type=click.Path(path_type=Path), help="Uncertainty map (classify/suggest --uncertainty).")
 @click.option("--suggestions", type=click.Path(path_type=Path), help="GeoPackage written by `suggest`.")
+@click.option("--vector", type=click.Path(path_type=Path), help="Vector map written by `vectorize` (polygons, class areas).")
 @click.option("--out", default="report.html", show_default=True, type=click.Path(path_type=Path))
-def report(run, classified, evaluation, uncertainty, suggestions, out) -> None:
+def report(run, classified, evaluation, uncertainty, suggestions, vector, out) -> None:
     """One self-contained HTML report: data, training, validation, map and its accuracy."""
     from .report import build_report
 
-    path = build_report(run, out, classified=classified, evaluation=evaluation, uncertainty=uncertainty,
-                        suggestions=suggestions)
+    path = build_report(run, out, classified=classified, evaluation=list(evaluation), uncertainty=uncertainty,
+                        suggestions=suggestions, vector=vector)
     out_console.print(f"wrote {path}")
 
 

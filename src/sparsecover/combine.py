@@ -116,7 +116,8 @@ def combine(parts: list[ChipDataset]) -> CombinedChipDataset:
         nodata=nodata, classes=sorted(classes, key=lambda c: c.value), tile_size=first.tile_size,
         stride=first.stride, statistics=pooled_statistics(parts), class_pixel_counts=counts, chips=chips,
         crs_wkt=first.crs_wkt, resolution=first.resolution, group_table=group_table,
-        class_field=next((p.class_field for p in parts if p.class_field), None), parts=parts, chip_starts=starts, group_offsets=offsets,
+        class_field=next((p.class_field for p in parts if p.class_field), None),
+        sources=[source for p in parts for source in p.sources], parts=parts, chip_starts=starts, group_offsets=offsets,
     )
 
 

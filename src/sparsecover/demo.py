@@ -23,6 +23,8 @@ from .stack import stack_bands
 from .train import TrainConfig, train
 
 BAND_FILES = ["lsat7_2000_10", "lsat7_2000_20", "lsat7_2000_30", "lsat7_2000_40", "lsat7_2000_50", "lsat7_2000_70"]
+#: The demo vector map's minimum mapping unit (about 6 Landsat pixels).
+DEMO_MIN_AREA = "0.5ha"
 BAND_NAMES = ["blue", "green", "red", "nir", "swir1", "swir2"]
 
 
@@ -53,17 +55,20 @@ def run_demo(out: str | Path = "sparsecover-demo", overwrite: bool = False, prog
     open_chip_dataset(chips)  # the artifact must read back
     run = train(chips, out / "run", TrainConfig(backbone=backbone, epochs=epochs, lr=None, quiet=not progress))
     evaluate_run(run, out / "validation")
-    classified = classify_pixels(scene, run / "model.sparsecover", out / "landcover.tif", progress=progress)
+    classified = classify_pixels(scene, run / "model.sparsecover", out / "landcover.tif", progress=progress,
+                                 vector=out / "landcover.gpkg", min_area=DEMO_MIN_AREA)
     scores = evaluate_map(classified, data / "strata.tif", out / "evaluation", exclude=data / "landsat96_polygons.gpkg",
                           progress=progress)
     evaluate_map(classified, data / "landsat96_points.gpkg", out / "evaluation_points", class_field="id",
                  progress=progress)
-    report = build_report(run, out / "report.html", classified=classified, evaluation=out / "evaluation")
+    report = build_report(run, out / "report.html", classified=classified,
+                          evaluation=[out / "evaluation", out / "evaluation_points"], vector=out / "landcover.gpkg")
     artifacts = {
         "stacked scene (VRT)": scene, "chip dataset": chips, "training run": run,
         "LR finder plot": run / "lr_find.png", "epoch history": run / "history.csv",
         "model package": run / "model.sparsecover", "validation metrics": out / "validation",
-        "land-cover map": classified, "map vs reference map": out / "evaluation",
+        "land-cover map": classified, "vector map (GeoPackage)": out / "landcover.gpkg",
+        "map vs reference map": out / "evaluation",
         "map vs reference points": out / "evaluation_points", "report": report,
     }
     return artifacts, scores

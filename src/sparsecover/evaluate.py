@@ -25,6 +25,7 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+from .classes import MAX_UNNAMED_CLASSES, read_raster_classes
 from .errors import SparsecoverError
 from .labels import VECTOR_SUFFIXES, _integer_classes
 from .metrics import summarize
@@ -32,16 +33,6 @@ from .progress import track
 from .raster import _bounds, block_windows, gdal_env, open_raster
 
 Z95 = 1.959964
-#: More distinct values than this, in a raster without class names or colour table: not a class map.
-MAX_UNNAMED_CLASSES = 100
-
-
-def class_table(src) -> dict[int, str]:
-    """Class value -> name from a classified raster written by `classify` (CLASS_NAMES tag)."""
-    names = src.tags().get("CLASS_NAMES")
-    if names:
-        return {int(k): v for k, v in json.loads(names).items()}
-    return {}
 
 
 def _read_reference_vector(path: Path, class_field: str | None, crs) -> gpd.GeoDataFrame:
@@ -104,7 +95,7 @@ def evaluate_map(classified: str | Path, reference: str | Path, out: str | Path,
             raise SparsecoverError(
                 f"{classified}: not a class map ({src.count} band(s) of {src.dtypes[0]}); evaluate scores a "
                 "single-band map of integer class values, as `classify` writes")
-        names = class_table(src)
+        names, _ = read_raster_classes(src)
         excluded = _exclusion(exclude, src.crs)
         if reference.suffix.lower() in VECTOR_SUFFIXES:
             frame = _read_reference_vector(reference, class_field, src.crs)
@@ -211,11 +202,7 @@ def map_classes(classified: str | Path) -> tuple[list[dict], str | None]:
     with gdal_env(), open_raster(classified) as src:
         if src.count != 1:
             raise SparsecoverError(refused)
-        names = class_table(src)
-        try:
-            colours = src.colormap(1)
-        except ValueError:  # no colour table
-            colours = {}
+        names, colours = read_raster_classes(src)
         counts = {v: n for v, n in _mapped_pixels(src).items() if v != src.nodata}
         # float maps holding class values are fine; without class names or colours, so many values
         # are more likely an image band than classes
@@ -226,7 +213,7 @@ def map_classes(classified: str | Path) -> tuple[list[dict], str | None]:
         metres = src.crs is not None and src.crs.is_projected and src.crs.linear_units in ("metre", "meter")
         hectares = abs(src.transform.a * src.transform.e) / 1e4 if metres else None
     total = sum(counts.values()) or 1
-    rows = [{"value": v, "name": names.get(v, ""), "color": "#{:02x}{:02x}{:02x}".format(*colours[v][:3]) if v in colours else "",
+    rows = [{"value": v, "name": names.get(v, ""), "color": colours.get(v, ""),
              "pixels": n, "share": n / total, "area": n * hectares if hectares else None}
             for v, n in sorted(counts.items())]
     return rows, "ha" if hectares else None

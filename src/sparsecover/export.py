@@ -103,6 +103,7 @@ def export_training_data(
     overwrite: bool = False,
     workers: int | None = None,
     progress: bool = True,
+    class_names: dict[int, str] | None = None,
 ) -> Path:
     """Export image/label chips and ``dataset.json`` from rasters and labelled polygons or a classified raster.
 
@@ -110,7 +111,9 @@ def export_training_data(
     covers is 0, imagery nodata is never labelled, and each chip records the spatial groups (polygons
     or label regions) it holds, so training can split without leakage. ``labels`` may list several
     polygon files with the same class field (the first polygons and the squares labelled from
-    `suggest`): they are read as one.
+    `suggest`): they are read as one. Class names and colours come from the labels (a name field;
+    a label raster's colour table and category names) unless ``class_names`` / ``class_colors``
+    give them.
     """
     raster_paths = [Path(rasters)] if isinstance(rasters, (str, Path)) else [Path(r) for r in rasters]
     label_paths = [Path(labels)] if isinstance(labels, (str, Path)) else [Path(p) for p in labels]
@@ -155,7 +158,7 @@ def export_training_data(
         with gdal_env():
             dataset = _export(
                 sources, polygons, label_raster, work, tile_size, stride, all_tiles,
-                class_colors, workers, progress,
+                class_names or {}, class_colors or {}, workers, progress,
             )
         dataset["labels"] = {
             "path": str(labels.resolve()),
@@ -198,7 +201,8 @@ def _export(
     tile_size: int,
     stride: int,
     all_tiles: bool,
-    class_colors: dict[int, str] | None,
+    class_names: dict[int, str],
+    class_colors: dict[int, str],
     workers: int,
     progress: bool,
 ) -> dict:
@@ -244,9 +248,9 @@ def _export(
     class_values = sorted(
         set(polygons.frame["class_value"].tolist()) if polygons is not None else set(group_class.values())
     )
-    class_table = build_class_table(
-        class_values, polygons.names if polygons is not None else {}, class_colors
-    )
+    label_names = polygons.names if polygons is not None else label_raster.names
+    label_colors = label_raster.colors if label_raster is not None else {}
+    class_table = build_class_table(class_values, {**label_names, **class_names}, {**label_colors, **class_colors})
     colormap = {c.value: (*c.rgb, 255) for c in class_table}
     fill = chip_fill_value(first.dtype, first.bands[0].nodata)
     chips = []

@@ -10,7 +10,7 @@ label chips fit in uint8.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import geopandas as gpd
@@ -26,6 +26,7 @@ from scipy import ndimage
 from shapely import make_valid
 from shapely.geometry import box
 
+from .classes import read_raster_classes
 from .errors import SparsecoverError, warn
 from .raster import CREATE_LOCK, RasterSource, _bounds, _first_line, describe, open_raster, read_padded
 
@@ -91,11 +92,11 @@ def read_polygons(path: str | Path, class_field: str, name_field: str | None = N
     frame = read_label_file(path)
     if len(frame) == 0:
         raise SparsecoverError(f"{path}: label file holds no features; draw some polygons first")
-    for field, option in ((class_field, "--class-field"), (name_field, "--class-name-field")):
-        if field is not None and field not in frame.columns:
+    for wanted, option in ((class_field, "--class-field"), (name_field, "--class-name-field")):
+        if wanted is not None and wanted not in frame.columns:
             fields = ", ".join(c for c in frame.columns if c != "geometry")
             raise SparsecoverError(
-                f"{path}: no field {field!r} (pass {option} with one of: {fields})"
+                f"{path}: no field {wanted!r} (pass {option} with one of: {fields})"
             )
     blank = frame[class_field].isna()
     if blank.all():
@@ -209,6 +210,8 @@ class RasterLabels:
 
     path: Path
     source: RasterSource
+    names: dict[int, str] = field(default_factory=dict)  # what the raster carries (classes.read_raster_classes)
+    colors: dict[int, str] = field(default_factory=dict)
 
     def reader(self, raster: RasterSource) -> rasterio.io.DatasetReader | WarpedVRT:
         """Open the labels on ``raster``'s grid: directly when grids agree, else nearest-neighbour warped."""
@@ -240,7 +243,8 @@ def read_label_raster(path: str | Path) -> RasterLabels:
             raise SparsecoverError(
                 f"{path}: a label raster must have one band (class values), it has {src.count}"
             )
-    return RasterLabels(path=path, source=source)
+        names, colors = read_raster_classes(src)
+    return RasterLabels(path=path, source=source, names=names, colors=colors)
 
 
 def label_window(reader, window: Window, path: Path) -> np.ndarray:

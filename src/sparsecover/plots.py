@@ -142,28 +142,42 @@ def plot_history(history_csv: str | Path, path: str | Path) -> None:
     plt.close(fig)
 
 
-def plot_map(classified: str | Path, path: str | Path, max_size: int = 1000) -> None:
-    """Preview of a classified raster in its class colours with a legend (decimated read)."""
-    import json
-
+def plot_map(classified: str | Path, path: str | Path, max_size: int = 1000, image: str | Path | None = None) -> None:
+    """Preview of a classified raster in its class colours with a legend (decimated read); with
+    ``image`` (on the map's grid) its natural-colour composite beside it, as a map reader compares."""
     import rasterio
     from matplotlib.patches import Patch
+
+    from .classes import read_raster_classes
 
     plt = _pyplot()
     with rasterio.open(classified) as src:
         scale = max(1, max(src.width, src.height) // max_size)
-        data = src.read(1, out_shape=(max(1, src.height // scale), max(1, src.width // scale)))
-        colormap = src.colormap(1)
-        names = {int(k): v for k, v in json.loads(src.tags().get("CLASS_NAMES", "{}")).items()}
+        shape = (max(1, src.height // scale), max(1, src.width // scale))
+        data = src.read(1, out_shape=shape)
+        names, colours = read_raster_classes(src)
+    rgb = None
+    if image is not None:
+        with rasterio.open(image) as img:
+            bands = [i + 1 for i in display_bands([d or "" for d in img.descriptions])]
+            valid = np.all(img.read_masks(bands, out_shape=(3, *shape)) > 0, axis=0)
+            rgb = stretch(img.read(bands, out_shape=(3, *shape)), valid)
+    colour = {v: np.array([int(c[i : i + 2], 16) for i in (1, 3, 5)] + [255]) / 255 for v, c in colours.items()}
+    grey = np.array([0.5, 0.5, 0.5, 1.0])
     rgba = np.zeros(data.shape + (4,), dtype=np.float32)
     for value in np.unique(data):
         if value:
-            rgba[data == value] = np.array(colormap.get(int(value), (128, 128, 128, 255))) / 255
-    fig, ax = plt.subplots(figsize=(8, 8 * data.shape[0] / data.shape[1] + 0.8))
+            rgba[data == value] = colour.get(int(value), grey)
+    panels = 1 if rgb is None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(8 * panels, 8 * data.shape[0] / data.shape[1] + 0.8), squeeze=False)
+    if rgb is not None:
+        axes[0, 0].imshow(rgb)
+        axes[0, 0].set_title(Path(image).name)
+    ax = axes[0, -1]
     ax.imshow(rgba)
-    ax.axis("off")
-    handles = [Patch(color=np.array(colormap.get(v, (128, 128, 128, 255))[:3]) / 255, label=f"{v} {n}")
-               for v, n in sorted(names.items())]
+    for a in axes[0]:
+        a.axis("off")
+    handles = [Patch(color=colour.get(v, grey)[:3], label=f"{v} {n}") for v, n in sorted(names.items())]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     ax.set_title(Path(classified).name)
     fig.tight_layout()

@@ -188,10 +188,14 @@ def common_dtype(dtypes: list[str]) -> str:
 
 @contextlib.contextmanager
 def open_raster(path: str | Path) -> Iterator[rasterio.io.DatasetReader]:
-    """Open a raster for reading, turning GDAL's failures into one line that names the file."""
-    path = Path(path)
-    if not path.exists():
-        raise SparsecoverError(f"{path}: file not found")
+    """Open a raster for reading, turning GDAL's failures into one line that names the file.
+
+    ``path`` may be a GDAL virtual path (``/vsicurl/https://...``), kept as a string: a Path would
+    fold its ``//``."""
+    if not is_virtual(path):
+        path = Path(path)
+        if not path.exists():
+            raise SparsecoverError(f"{path}: file not found")
     try:
         src = rasterio.open(path)
     except RasterioError as exc:
@@ -202,6 +206,11 @@ def open_raster(path: str | Path) -> Iterator[rasterio.io.DatasetReader]:
         yield src
 
 
+def is_virtual(path: str | Path) -> bool:
+    """A GDAL virtual file system path (remote or in-memory), not a local file."""
+    return str(path).startswith("/vsi")
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -209,7 +218,7 @@ def _first_line(exc: BaseException) -> str:
 
 def describe(src: rasterio.io.DatasetReader, require_crs: bool = True) -> RasterSource:
     """Band names, dtypes, nodata and grid of an open raster; alpha bands are masks, not image bands."""
-    path = Path(src.name)
+    path = Path(src.name)  # for names and messages; a virtual path's "//" folds (stack keeps the original)
     if require_crs and src.crs is None:
         raise SparsecoverError(
             f"{path}: raster has no CRS; assign one first, e.g. "

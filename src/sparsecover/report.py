@@ -9,6 +9,7 @@ with the squares `suggest` chose.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as _dt
 import html
 import json
@@ -58,11 +59,55 @@ def _metrics_section(title: str, metrics: dict, confusion_png: Path) -> str:
     return "\n".join(parts)
 
 
+def _vector_section(vector: Path) -> str:
+    from .polygonize import summarize_polygons
+
+    rows, area_field = summarize_polygons(vector)
+    unit = "ha" if area_field == "area_ha" else area_field.removeprefix("area_")
+    total = sum(r["area"] for r in rows) or 1.0
+    table = _table(["value", "class", "polygons", f"area ({unit})", "share"],
+                   [[r["value"], r["name"], r["polygons"], r["area"], r["area"] / total] for r in rows])
+    count = sum(r["polygons"] for r in rows)
+    return (f"<h2>Vector map</h2><p><code>{html.escape(str(vector))}</code>: {count:,} polygons "
+            "(opens in QGIS in the map's colours).</p>" + table)
+
+
+def _settings_section(config: dict) -> str:
+    """The training settings that differ from `train`'s defaults (a reader wants what was chosen)."""
+    from .train import TrainConfig
+
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(TrainConfig)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    shown = lambda v: f"{v:.4g}" if isinstance(v, float) else json.dumps(v)  # noqa: E731
+    rows = [[k, shown(v), shown(defaults[k]) if k in defaults else "–"] for k, v in sorted(config.items())
+            if k not in defaults or v != defaults[k]]
+    return ("<h2>Settings</h2><p>What differs from the defaults of <code>sparsecover train</code>; every other "
+            "setting is at its default (all are in the run's config.json).</p>"
+            + _table(["setting", "value", "default"], rows))
+
+
+def _imagery(dataset, classified: str | Path) -> Path | None:
+    """The raster the chips came from, where it is on the map's grid (to show beside it)."""
+    import rasterio
+
+    with rasterio.open(classified) as src:
+        grid = (src.crs, src.transform, src.shape)
+    for source in (dataset.sources if dataset is not None else []):
+        if source.exists():
+            with rasterio.open(source) as img:
+                if (img.crs, img.transform, img.shape) == grid:
+                    return source
+    return None
+
+
 def build_report(run: str | Path, out: str | Path, classified: str | Path | None = None,
-                 evaluation: str | Path | None = None, show_rows: int = 4, uncertainty: str | Path | None = None,
-                 suggestions: str | Path | None = None) -> Path:
-    """Write the HTML report for training run ``run`` (plus a map, its evaluation, its uncertainty
-    and the places `suggest` chose, if given)."""
+                 evaluation: str | Path | list[str | Path] | None = None, show_rows: int = 4,
+                 uncertainty: str | Path | None = None, suggestions: str | Path | None = None,
+                 vector: str | Path | None = None) -> Path:
+    """Write the HTML report for training run ``run`` (plus a map beside its imagery, its
+    evaluations (folders written by `evaluate`: against a reference map, points, ...), its
+    uncertainty, the places `suggest` chose and the vector map's polygons and class areas, if given)."""
     from .combine import open_chip_datasets
     from .evaluate import evaluate_run
     from .plots import plot_confusion, plot_history, plot_map, plot_uncertainty, show_results
@@ -93,8 +138,7 @@ def build_report(run: str | Path, out: str | Path, classified: str | Path | None
                 + _table(["band", "dtype", "min", "p1", "mean", "std", "p99", "max"], band_rows)
                 + _table(["value", "class", "colour", "labelled pixels"], class_rows)
             )
-        settings_rows = [[k, json.dumps(v)] for k, v in sorted(config.items())]
-        sections.append("<h2>Settings</h2>" + _table(["setting", "value"], settings_rows))
+        sections.append(_settings_section(config))
         if (run / "history.csv").exists():
             plot_history(run / "history.csv", tmp / "history.png")
             parts = ["<h2>Training</h2>", _img(tmp / "history.png", "training curves")]
@@ -114,23 +158,30 @@ def build_report(run: str | Path, out: str | Path, classified: str | Path | None
                     sections.append("<h2>Validation chips: image | ground truth | prediction</h2>"
                                     + _img(tmp / "results.png", "show_results"))
         if classified is not None:
-            plot_map(classified, tmp / "map.png")
+            plot_map(classified, tmp / "map.png", image=_imagery(dataset, classified))
             sections.append(f"<h2>Map</h2><p><code>{html.escape(str(classified))}</code></p>"
                             + _img(tmp / "map.png", "classified map"))
+        if vector is not None:
+            sections.append(_vector_section(Path(vector)))
         if uncertainty is not None or suggestions is not None:
             plot_uncertainty(uncertainty, suggestions, tmp / "uncertainty.png")
             named = ", ".join(f"<code>{html.escape(str(p))}</code>" for p in (uncertainty, suggestions) if p)
             sections.append(f"<h2>Where to label next</h2><p>{named}</p>"
                             + _img(tmp / "uncertainty.png", "uncertainty and suggested squares"))
-        if evaluation is not None:
-            evaluation = Path(evaluation)
-            metrics = json.loads((evaluation / "metrics.json").read_text())
-            plot_confusion(np.asarray(metrics["confusion_matrix"]),
-                           [c["class"] for c in metrics["per_class"]], tmp / "eval_cm.png")
+        evaluations = [evaluation] if isinstance(evaluation, (str, Path)) else list(evaluation or [])
+        for index, folder in enumerate(map(Path, evaluations)):
+            metrics = json.loads((folder / "metrics.json").read_text())
+            picture = tmp / f"eval_cm_{index}.png"
+            plot_confusion(np.asarray(metrics["confusion_matrix"]), [c["class"] for c in metrics["per_class"]], picture)
             title = f"Map accuracy against {Path(metrics['reference']).name} ({metrics['reference_kind']})"
             if metrics.get("excluded"):
                 title += f", excluding {Path(metrics['excluded']).name}"
-            sections.append(_metrics_section(title, metrics, tmp / "eval_cm.png"))
+            section = _metrics_section(title, metrics, picture)
+            if metrics.get("points"):
+                p = metrics["points"]
+                section += (f"<p>{p['used']:,} of {p['total']:,} points scored; {p['outside_or_nodata']:,} fall outside "
+                            "the map or on nodata.</p>")
+            sections.append(section)
         created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         document = _TEMPLATE.format(title=html.escape(f"sparsecover report: {run.name}"), created=created,
                                     version=__version__, body="\n".join(f"<section>{s}</section>" for s in sections))

@@ -25,7 +25,8 @@ from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 
 from .errors import SparsecoverError
-from .raster import RasterSource, _json_number, common_dtype, describe, gdal_env, open_raster
+from .raster import RasterSource, _json_number, common_dtype, describe, gdal_env, is_virtual, open_raster
+from .stac import is_item, item_bands
 
 RESAMPLING_METHODS = ("nearest", "bilinear", "cubic", "cubicspline", "lanczos", "average", "mode")
 
@@ -68,14 +69,22 @@ def stack_bands(
     resample: str | None = None,
     cog: bool = False,
     overwrite: bool = False,
+    assets: list[str] | None = None,
 ) -> Path:
     """Stack band files into one multiband raster (VRT by default, Cloud-Optimized GeoTIFF with ``cog``).
 
     Every band of every input is kept, in order, with its nodata value and a name (``band_names``,
     else the band's description, else the file name). The common dtype holds every band's values.
+    ``inputs`` may instead be one STAC item (a .json file or URL): ``assets`` names the bands to
+    stack (asset keys or common names, in order), which may be remote COGs (see :mod:`stac`).
     """
     if not inputs:
         raise SparsecoverError("stack needs at least one band file")
+    if len(inputs) == 1 and is_item(inputs[0]):
+        inputs, item_names = item_bands(inputs[0], assets)
+        band_names = band_names or item_names
+    elif assets:
+        raise SparsecoverError("--assets picks bands of a STAC item; give the item (.json) as the only input")
     if resample is not None and resample not in RESAMPLING_METHODS:
         raise SparsecoverError(
             f"unknown resampling method {resample!r}; choose one of {', '.join(RESAMPLING_METHODS)}"
@@ -89,6 +98,8 @@ def stack_bands(
     for path in inputs:
         with open_raster(path) as src:
             sources.append(describe(src))
+    # what GDAL opened, for the VRT: a virtual path as given (a Path folds its "//")
+    locations = [str(p) if is_virtual(p) else Path(p) for p in inputs]
     reference = sources[0]
     total_bands = sum(len(s.bands) for s in sources)
     if band_names is not None and len(band_names) != total_bands:
@@ -109,7 +120,7 @@ def stack_bands(
     vrt_path = work / "stack.vrt" if cog else output.parent / f".{output.name}.partial.vrt"
     try:
         helpers = work if cog else output.parent  # warped VRTs of other-CRS bands live beside a VRT
-        root = _vrt_document(sources, reference, dtype, band_names, resample, vrt_path, helpers)
+        root = _vrt_document(sources, locations, reference, dtype, band_names, resample, vrt_path, helpers)
         ET.ElementTree(root).write(vrt_path, encoding="utf-8", xml_declaration=False)
         with gdal_env():
             if cog:
@@ -126,6 +137,7 @@ def stack_bands(
 
 def _vrt_document(
     sources: list[RasterSource],
+    locations: list[str | Path],
     reference: RasterSource,
     dtype: str,
     band_names: list[str] | None,
@@ -143,11 +155,11 @@ def _vrt_document(
         repr(v) for v in reference.transform.to_gdal()
     )
     out_band = 0
-    for source in sources:
+    for source, location in zip(sources, locations):
         mismatch = grid_mismatch(reference, source) is not None
-        path = source.path
+        path = location
         if mismatch and source.crs != reference.crs:
-            path = _warped_vrt(source, reference, resample or "nearest", helpers_dir)
+            path = _warped_vrt(source, location, reference, resample or "nearest", helpers_dir)
         for band, index in zip(source.bands, source.band_indexes):
             out_band += 1
             element = ET.SubElement(
@@ -160,8 +172,11 @@ def _vrt_document(
             kind = "ComplexSource" if band.nodata is not None else "SimpleSource"
             attrs = {"resampling": resample} if mismatch and resample else {}
             src_el = ET.SubElement(element, kind, **attrs)
-            rel = os.path.relpath(path.resolve(), vrt_path.parent.resolve())
-            ET.SubElement(src_el, "SourceFilename", relativeToVRT="1").text = rel
+            if isinstance(path, Path):
+                rel = os.path.relpath(path.resolve(), vrt_path.parent.resolve())
+                ET.SubElement(src_el, "SourceFilename", relativeToVRT="1").text = rel
+            else:
+                ET.SubElement(src_el, "SourceFilename", relativeToVRT="0").text = path
             ET.SubElement(src_el, "SourceBand").text = str(index)
             if mismatch and source.crs == reference.crs:
                 _add_rects(src_el, source, reference)
@@ -188,11 +203,12 @@ def _add_rects(element: ET.Element, source: RasterSource, reference: RasterSourc
     )
 
 
-def _warped_vrt(source: RasterSource, reference: RasterSource, method: str, folder: Path) -> Path:
-    """A warped VRT of ``source`` on the reference grid, written beside the output."""
+def _warped_vrt(source: RasterSource, location: str | Path, reference: RasterSource, method: str,
+                folder: Path) -> Path:
+    """A warped VRT of ``source`` (opened from ``location``) on the reference grid, written beside the output."""
     target = folder / f"{source.path.stem}.warped.vrt"  # referenced by the stack VRT
     try:
-        with rasterio.open(source.path) as src, WarpedVRT(
+        with rasterio.open(location) as src, WarpedVRT(
             src,
             crs=reference.crs,
             transform=reference.transform,

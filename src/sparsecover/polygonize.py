@@ -1,0 +1,482 @@
+"""Class map -> polygons (``sparsecover vectorize``; ArcGIS's Raster to Polygon after Classify Pixels).
+
+A polygon is a 4-connected patch of one class: pixels that share an edge (pixels that touch at a
+corner only are separate polygons, GDAL's and ArcGIS's default). Class 0 and nodata never become
+polygons. The map is read in strips of whole rows; each strip's patches are polygonised by GDAL in
+pixel coordinates, where the pieces a patch has in successive strips share their corners exactly,
+joined to the open patches of the strip above across the shared row, and a patch is merged and
+written as soon as a strip leaves it behind. The output has no seams, and memory follows the strip
+and the polygons open across its width (and the largest polygons, each held whole until it is
+written), not the map's height (benchmarks/results/vectorize_memory_2026-11-28.txt).
+
+A minimum mapping unit needs the whole map's patches first: a first pass labels every patch, counts
+it and keeps the edges it shares with its neighbours, and the patches under the unit join their
+largest neighbour (GDAL's sieve rule) on that graph, so the result does not depend on where strips
+end; the polygons are then made from the sieved strips. That graph grows with the map's patches.
+
+``simplify`` is GEOS's coverage simplification: neighbours keep one shared edge, no gaps or
+overlaps. It needs every polygon at once, so with it memory grows with the polygon count.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import shapely
+from rasterio import features
+from rasterio.transform import Affine
+from rasterio.windows import Window
+from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from .classes import MAX_UNNAMED_CLASSES, build_class_table, read_raster_classes
+from .errors import SparsecoverError
+from .progress import track
+from .raster import gdal_env, open_raster
+from .staging import exclusive, staging_file
+from .styles import add_layer_style
+
+#: Pixels per strip: a few tens of MB of working arrays whatever the map's size.
+STRIP_PIXELS = 1_000_000
+#: Polygons written per GeoPackage transaction.
+BATCH = 20_000
+CLASS_FIELD = "class_value"
+
+Strip = tuple[np.ndarray, np.ndarray]  # class values and where they are classes, for rows r0..r1
+
+
+def parse_min_area(text: str | None) -> tuple[float, str] | None:
+    """``"0.5ha"`` -> (0.5, "ha"), ``"12px"`` / ``"12 px"`` -> (12, "px"); None stays None."""
+    if text is None or str(text).strip() == "":
+        return None
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ha|px)\s*", str(text).lower())
+    if not match:
+        raise SparsecoverError(f"--min-area {text!r}: give an area with its unit, e.g. 0.5ha or 12px")
+    return float(match.group(1)), match.group(2)
+
+
+def min_area_pixels(min_area: tuple[float, str] | None, pixel_area: float, metres: bool, map_path: Path) -> int:
+    """The smallest patch kept, in pixels (1 keeps every patch)."""
+    if min_area is None:
+        return 1
+    amount, unit = min_area
+    if unit == "px":
+        return max(1, math.ceil(amount))
+    if not metres:
+        raise SparsecoverError(f"{map_path}: --min-area in hectares needs a CRS in metres; give pixels instead, "
+                               "e.g. --min-area 50px")
+    return max(1, math.ceil(amount * 1e4 / pixel_area - 1e-9))
+
+
+def _strips(height: int, width: int, block_rows: int, rows: int | None) -> list[tuple[int, int]]:
+    if rows is None:
+        rows = max(1, STRIP_PIXELS // max(width, 1))
+        if rows > block_rows:
+            rows -= rows % block_rows  # whole blocks: each is decoded once
+    return [(r, min(r + rows, height)) for r in range(0, height, rows)]
+
+
+class _MapReader:
+    """Strips of a class map as (values, where they are classes), checking on the way that it is
+    one: whole numbers, none negative, and few distinct values unless the map names its classes."""
+
+    def __init__(self, src, path: Path, named: bool) -> None:
+        self.src, self.path, self.named = src, path, named
+        self.seen: set[int] = set()
+
+    def __call__(self, r0: int, r1: int) -> Strip:
+        window = Window(0, r0, self.src.width, r1 - r0)
+        data = self.src.read(1, window=window)
+        valid = self.src.read_masks(1, window=window) > 0
+        if data.dtype.kind == "f":
+            valid &= np.isfinite(data)
+            if np.any(np.mod(data[valid], 1) != 0):
+                raise SparsecoverError(f"{self.path}: not a class map (values that are not whole numbers); vectorize "
+                                       "reads a single band of class values, as classify writes")
+            data = np.where(valid, data, 0)
+        valid &= data != 0
+        values = np.unique(data[valid])
+        if values.size and values[0] < 0:
+            raise SparsecoverError(f"{self.path}: value {values[0]:g} is not a class (classes are 1 and up); if it "
+                                   "marks nodata, set it as the map's nodata (gdal_edit.py -a_nodata VALUE)")
+        self.seen.update(int(v) for v in values)
+        if not self.named and len(self.seen) > MAX_UNNAMED_CLASSES:
+            raise SparsecoverError(f"{self.path}: not a class map (over {MAX_UNNAMED_CLASSES} distinct values and no "
+                                   "class names or colours: an image band?); vectorize reads a map that classify writes")
+        return data.astype(np.int64, copy=False), valid
+
+
+def _label(data: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """4-connected patches of one class: (labels 1..n, 0 elsewhere; class of each label)."""
+    labels = np.zeros(data.shape, np.int64)
+    values: list[np.ndarray] = []
+    n = 0
+    for value in np.unique(data[valid]):
+        patch, k = ndimage.label(valid & (data == value))
+        inside = patch > 0
+        labels[inside] = patch[inside] + n
+        values.append(np.full(k, value, dtype=np.int64))
+        n += k
+    return labels, (np.concatenate(values) if values else np.zeros(0, np.int64))
+
+
+def _edges(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distinct pairs of different patches that share pixel edges, as (3, k): low id, high id, length."""
+    keep = (a > 0) & (b > 0) & (a != b)
+    if not keep.any():
+        return np.zeros((3, 0), np.int64)
+    low, high = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
+    pairs, length = np.unique(np.stack([low, high]), axis=1, return_counts=True)
+    return np.vstack([pairs, length])
+
+
+@dataclass
+class _Patches:
+    """The sieve's first pass: every patch of the map (global id 1..N, in strip order)."""
+
+    value: list[np.ndarray] = field(default_factory=list)   # per strip: class of each local patch
+    count: list[np.ndarray] = field(default_factory=list)   # per strip: pixels of each local patch
+    seams: list[np.ndarray] = field(default_factory=list)   # (2, k) global ids joined across a seam
+    touching: list[np.ndarray] = field(default_factory=list)  # (3, k) neighbouring ids and edge length
+    offsets: list[int] = field(default_factory=lambda: [0])  # global id of each strip's first patch - 1
+
+
+def _scan(read: _MapReader, strips, threshold: int, progress: bool, width: int) -> _Patches:
+    """Pass 1: every patch, its joins across strip seams and its neighbours, less the pairs of two
+    patches already known to be kept (inside the strip, at least ``threshold`` pixels)."""
+    patches = _Patches()
+    previous = None  # (global ids, values) of the row above the current strip
+    weights = [(r1 - r0) * width / 1e6 for r0, r1 in strips]
+    for r0, r1 in track(strips, len(strips), "Patches for --min-area", progress, weights, "MP"):
+        data, valid = read(r0, r1)
+        labels, values = _label(data, valid)
+        offset = patches.offsets[-1]
+        ids = np.where(labels > 0, labels + offset, 0)
+        patches.value.append(values.astype(np.int32))  # 4 bytes a patch: maps hold millions
+        patches.count.append(np.bincount(labels.ravel(), minlength=len(values) + 1)[1:].astype(np.int32))
+        patches.offsets.append(offset + len(values))
+        if previous is not None:
+            above, above_values = previous
+            joined = (above > 0) & (ids[0] > 0) & (above_values == data[0])
+            patches.seams.append(np.stack([above[joined], ids[0][joined]]).astype(np.int32))
+            patches.touching.append(_edges(above, ids[0]).astype(np.int32))
+        settled = patches.count[-1] >= threshold
+        on_edge = np.unique(np.r_[labels[0], labels[-1]])  # may continue in the next or last strip
+        settled[on_edge[on_edge > 0] - 1] = False
+        for pairs in (_edges(ids[:, :-1], ids[:, 1:]), _edges(ids[:-1], ids[1:])):
+            both = settled[pairs[0] - offset - 1] & settled[pairs[1] - offset - 1]
+            patches.touching.append(pairs[:, ~both].astype(np.int32))
+        previous = (ids[-1].copy(), data[-1].copy())
+    return patches
+
+
+def _sieve(size: np.ndarray, value: np.ndarray, touching: np.ndarray, threshold: int) -> np.ndarray:
+    """Each patch's group after sieving: a group under ``threshold`` pixels joins its largest
+    neighbour (then the one sharing the longest edge, then the lower class), in rounds until every
+    group left under it has no neighbour (an island in nodata). A group only joins one larger than
+    itself (ties: by id), so chains end and nothing cycles. ``touching``: (3, k) patch pairs and
+    their shared edge lengths. Numpy throughout: maps hold millions of patches."""
+    n = len(size)
+    group = np.arange(n)
+    a, b, length = touching
+    while True:
+        group_size = np.bincount(group, weights=size, minlength=n)
+        ga, gb = group[a], group[b]
+        apart = ga != gb
+        from_a = apart & (group_size[ga] < threshold)  # directed: from a small group to its neighbour
+        from_b = apart & (group_size[gb] < threshold)
+        src = np.concatenate([ga[from_a], gb[from_b]])
+        dst = np.concatenate([gb[from_a], ga[from_b]])
+        edge = np.concatenate([length[from_a], length[from_b]])
+        pairs, index = np.unique(np.stack([src, dst]), axis=1, return_inverse=True)
+        if not pairs.size:
+            return group
+        src, dst = pairs
+        edge = np.bincount(index.ravel(), weights=edge, minlength=pairs.shape[1])
+        order = np.lexsort((dst, -value[dst], edge, group_size[dst], src))
+        last = np.flatnonzero(np.r_[src[order][1:] != src[order][:-1], True])
+        src, best = src[order][last], dst[order][last]
+        up = (group_size[best] > group_size[src]) | ((group_size[best] == group_size[src]) & (best > src))
+        if not up.any():
+            return group
+        target = np.arange(n)
+        target[src[up]] = best[up]
+        while True:  # follow chains to a group that stays
+            following = target[target]
+            if np.array_equal(following, target):
+                break
+            target = following
+        group = target[group]
+
+
+def _sieved_classes(patches: _Patches, threshold: int) -> np.ndarray:
+    """The class each patch (by global id; 0: none) has once the sieve has run."""
+    n = patches.offsets[-1]
+    none = np.zeros(1, np.int32)  # id 0: no patch
+    value = np.concatenate([none, *patches.value])
+    count = np.concatenate([none, *patches.count])
+    seams = np.hstack([np.zeros((2, 0), np.int32), *patches.seams])
+    graph = coo_matrix((np.ones(seams.shape[1], np.int8), (seams[0], seams[1])), shape=(n + 1, n + 1))
+    _, root = connected_components(graph, directed=False)
+    root_value = np.zeros(root.max() + 1, np.int32)
+    root_value[root] = value
+    root_size = np.bincount(root, weights=count)
+    touching = np.hstack([np.zeros((3, 0), np.int32), *patches.touching])
+    touching = np.vstack([root[touching[0]], root[touching[1]], touching[2]])
+    touching = touching[:, touching[0] != touching[1]]
+    return root_value[_sieve(root_size, root_value, touching, threshold)[root]]
+
+
+class _SievedReader:
+    """Strips of the map after the sieve: each strip labelled as in the first pass, each patch given
+    the class it ends with."""
+
+    def __init__(self, read: _MapReader, strips, patches: _Patches, threshold: int) -> None:
+        self.read = read
+        self.offsets = {r0: patches.offsets[i] for i, (r0, _) in enumerate(strips)}
+        self.classes = _sieved_classes(patches, threshold)
+
+    def __call__(self, r0: int, r1: int) -> Strip:
+        data, valid = self.read(r0, r1)
+        labels, _ = _label(data, valid)
+        return self.classes[np.where(labels > 0, labels + self.offsets[r0], 0)], labels > 0
+
+
+@dataclass
+class _Open:
+    """A patch some strip has reached: its class, its pixels so far and its polygon pieces."""
+
+    value: int
+    pixels: int
+    pieces: list = field(default_factory=list)
+
+
+def _patches_as_polygons(read: Callable[[int, int], Strip], strips, selected: Callable[[np.ndarray], np.ndarray],
+                         progress: bool, width: int) -> Iterator[tuple[int, int, shapely.Geometry]]:
+    """(class, pixels, polygon in pixel coordinates) of each patch of the selected classes, as soon
+    as a strip leaves it behind: pieces joined across the row two strips share are one patch."""
+    open_: dict[int, _Open] = {}
+    alias: dict[int, int] = {}  # patch id -> the id it was merged into
+
+    def find(i: int) -> int:
+        while i in alias:
+            i = alias[i]
+        return i
+
+    above = above_values = None  # the previous strip's last row: patch ids and classes
+    next_id = 1
+    weights = [(r1 - r0) * width / 1e6 for r0, r1 in strips]
+    for r0, r1 in track(strips, len(strips), "Polygons", progress, weights, "MP"):
+        data, valid = read(r0, r1)
+        valid &= selected(data)
+        labels, values = _label(data, valid)
+        counts = np.bincount(labels.ravel(), minlength=len(values) + 1)[1:]
+        ids = np.r_[0, np.arange(next_id, next_id + len(values))]
+        next_id += len(values)
+        for i, value, count in zip(ids[1:].tolist(), values.tolist(), counts.tolist()):
+            open_[i] = _Open(value, count)
+        found = list(features.shapes(labels.astype(np.int32), mask=labels > 0, connectivity=4,
+                                     transform=Affine(1, 0, 0, 0, 1, r0)))
+        for (_, label), piece in zip(found, _from_geojson([g for g, _ in found])):
+            open_[int(ids[int(label)])].pieces.append(piece)
+        if above is not None:
+            top = ids[labels[0]]
+            joined = (above > 0) & (top > 0) & (above_values == data[0])
+            for a, b in np.unique(np.stack([above[joined], top[joined]]), axis=1).T.tolist():
+                a, b = find(a), find(b)
+                if a != b:
+                    keep, gone = (a, b) if len(open_[a].pieces) >= len(open_[b].pieces) else (b, a)
+                    open_[keep].pixels += open_[gone].pixels
+                    open_[keep].pieces += open_.pop(gone).pieces
+                    alias[gone] = keep
+        bottom = ids[labels[-1]] if r1 < strips[-1][1] else np.zeros(labels.shape[1], np.int64)
+        continuing = {find(i) for i in np.unique(bottom[bottom > 0]).tolist()}
+        for i in [i for i in open_ if i not in continuing]:
+            patch = open_.pop(i)
+            yield patch.value, patch.pixels, (patch.pieces[0] if len(patch.pieces) == 1
+                                              else shapely.union_all(patch.pieces))
+        above = np.array([find(i) for i in bottom.tolist()]) if bottom.any() else bottom
+        above_values = data[-1].copy()
+        alias.clear()  # every id still open is its own: the next strip joins to these
+
+
+def _from_geojson(polygons: list[dict]) -> np.ndarray:
+    """GeoJSON polygons as shapely ones, built in one call (one object at a time took 4x longer)."""
+    rings = [ring for p in polygons for ring in p["coordinates"]]
+    ring_ends = np.cumsum([len(r) for r in rings])
+    polygon_ends = np.cumsum([len(p["coordinates"]) for p in polygons])
+    coords = np.array([xy for ring in rings for xy in ring], dtype=np.float64).reshape(-1, 2)
+    return shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords,
+                                     (np.r_[0, ring_ends], np.r_[0, polygon_ends]))
+
+
+@dataclass(frozen=True)
+class _Units:
+    area_field: str
+    perimeter_field: str
+    area_scale: float  # map units squared -> the area field's unit
+
+
+def _units(crs) -> _Units:
+    if crs.is_projected and crs.linear_units in ("metre", "meter"):
+        return _Units("area_ha", "perimeter_m", 1e-4)
+    unit = re.sub(r"\W+", "_", (crs.linear_units if crs.is_projected else "degree").lower()).strip("_") or "unit"
+    return _Units(f"area_{unit}2", f"perimeter_{unit}", 1.0)
+
+
+def _write(staging: Path, layer: str, rows: list[tuple[int, int, shapely.Geometry]], names: dict[int, str],
+           units: _Units, crs, to_map: Callable | None, first: bool) -> None:
+    """Append (class, pixels, polygon) rows to the layer, polygons in pixel coordinates unless
+    ``to_map`` is None."""
+    import geopandas as gpd
+    import pandas as pd
+
+    values = np.array([v for v, _, _ in rows], np.int64)
+    geoms = np.array([g for _, _, g in rows], dtype=object)
+    geoms = shapely.orient_polygons(to_map(geoms) if to_map is not None else geoms)
+    frame = gpd.GeoDataFrame({
+        CLASS_FIELD: pd.array(values, dtype="Int32"),
+        "class_name": [names.get(v, f"class_{v}") for v in values.tolist()],
+        "pixels": pd.array([p for _, p, _ in rows], dtype="Int64"),
+        units.area_field: shapely.area(geoms) * units.area_scale,
+        units.perimeter_field: shapely.length(geoms),
+    }, geometry=geoms, crs=crs)
+    frame.to_file(staging, driver="GPKG", layer=layer, engine="pyogrio", append=not first)
+
+
+def vectorize(
+    classified: str | Path,
+    out: str | Path,
+    min_area: str | tuple[float, str] | None = None,
+    simplify: float | None = None,
+    classes: list[int] | None = None,
+    layer: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    strip_rows: int | None = None,
+) -> Path:
+    """Polygons of a class map in a styled GeoPackage: one per 4-connected patch of one class.
+
+    ``min_area``: a minimum mapping unit, ``"0.5ha"`` or ``"12px"`` (or ``(0.5, "ha")``): smaller
+    patches join their largest neighbour before polygonising. ``simplify``: a tolerance in map units
+    for coverage simplification (shared edges stay shared). ``classes``: only these class values
+    (the others still take part in the sieve). Fields: class value and name, the patch's pixels,
+    area (hectares where the CRS is in metres, else the CRS's unit squared, named so) and perimeter.
+    The layer (``layer``, default the file's name) opens in QGIS in the map's colours.
+    ``strip_rows``: rows read at a time (default: about :data:`STRIP_PIXELS` pixels).
+    """
+    classified, out = Path(classified), Path(out)
+    if out.suffix.lower() != ".gpkg":
+        raise SparsecoverError(f"{out}: vectorize writes a GeoPackage; name the output *.gpkg")
+    if out.exists() and not overwrite:
+        raise SparsecoverError(f"{out}: already exists; pass --overwrite to replace it")
+    if not out.parent.exists():
+        raise SparsecoverError(f"{out.parent}: output folder does not exist; create it first")
+    if simplify is not None and simplify <= 0:
+        raise SparsecoverError(f"--simplify must be a tolerance above 0 in map units, got {simplify}")
+    if strip_rows is not None and strip_rows < 1:
+        raise SparsecoverError(f"strip_rows must be 1 or more, got {strip_rows}")
+    area = parse_min_area(min_area) if not isinstance(min_area, tuple) else min_area
+    layer = layer or out.stem
+    with gdal_env(), open_raster(classified) as src, exclusive(out):
+        if src.count != 1 or src.dtypes[0] not in ("uint8", "uint16", "int8", "int16", "uint32", "int32",
+                                                   "float32", "float64"):
+            raise SparsecoverError(f"{classified}: not a class map ({src.count} band(s) of {src.dtypes[0]}); "
+                                   "vectorize reads a single band of class values, as classify writes")
+        if src.crs is None:
+            raise SparsecoverError(f"{classified}: has no CRS, so its polygons could not be placed; assign one "
+                                   "first (gdal_edit.py -a_srs EPSG:XXXX)")
+        transform = src.transform
+        pixel_area = abs(transform.a * transform.e - transform.b * transform.d)
+        units = _units(src.crs)
+        threshold = min_area_pixels(area, pixel_area, units.area_field == "area_ha", classified)
+        names, colours = read_raster_classes(src)
+        unknown = sorted(set(classes or []) - set(names)) if names else []
+        if unknown:
+            raise SparsecoverError(f"{classified}: --classes {','.join(map(str, unknown))} not in the map (its classes: "
+                                   f"{', '.join(f'{v} {n}' for v, n in sorted(names.items()))})")
+        strips = _strips(src.height, src.width, src.block_shapes[0][0], strip_rows)
+        read: Callable[[int, int], Strip] = _MapReader(src, classified, bool(names or colours))
+        if threshold > 1:
+            read = _SievedReader(read, strips, _scan(read, strips, threshold, progress, src.width), threshold)
+        wanted = np.array(sorted(classes or []), np.int64)
+
+        def selected(data: np.ndarray) -> np.ndarray:
+            return np.isin(data, wanted) if wanted.size else np.ones(data.shape, bool)
+
+        def to_map(geoms: np.ndarray) -> np.ndarray:
+            return shapely.transform(geoms, lambda xy: np.column_stack(transform * (xy[:, 0], xy[:, 1])))
+
+        staging = staging_file(out, suffix=".gpkg")
+        try:
+            staging.unlink()
+            polygons = _patches_as_polygons(read, strips, selected, progress, src.width)
+            if simplify is not None:  # every pixel corner a vertex: edges matched for GEOS
+                rows = [(v, p, shapely.segmentize(g, 1.0)) for v, p, g in polygons]
+                simple = shapely.coverage_simplify(to_map(np.array([g for _, _, g in rows], dtype=object)), simplify)
+                batches: Iterator = iter([[(v, p, g) for (v, p, _), g in zip(rows, simple)]] if rows else [])
+                transform_rows = None
+            else:
+                batches, transform_rows = _batched(polygons), to_map
+            written, kinds = 0, set()
+            for rows in batches:
+                _write(staging, layer, rows, names, units, src.crs, transform_rows, first=written == 0)
+                written += len(rows)
+                kinds.update(v for v, _, _ in rows)
+            seen = (read.read if isinstance(read, _SievedReader) else read).seen
+            if not seen:
+                raise SparsecoverError(f"{classified}: no class pixels (every pixel is 0 or nodata); nothing to vectorise")
+            unknown = sorted(set(classes or []) - seen)
+            if unknown:
+                raise SparsecoverError(f"{classified}: --classes {','.join(map(str, unknown))} not in the map (its "
+                                       f"classes: {', '.join(map(str, sorted(seen)))})")
+            if not written:
+                raise SparsecoverError(f"{classified}: no polygon is left of the classes asked for once patches under "
+                                       f"{threshold} px join their neighbours; lower --min-area")
+            table = build_class_table(sorted(seen), names, colours)
+            add_layer_style(staging, layer, [c for c in table if c.value in kinds], CLASS_FIELD)
+            os.replace(staging, out)
+        except BaseException:
+            staging.unlink(missing_ok=True)
+            raise
+    return out
+
+
+def _batched(rows: Iterator) -> Iterator[list]:
+    batch: list = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def summarize_polygons(path: str | Path) -> tuple[list[dict], str]:
+    """Per class of a vector map written by :func:`vectorize`: value, name, polygons and area;
+    with the area field's name (``area_ha``, or the CRS's unit squared)."""
+    import pyogrio
+
+    path = Path(path)
+    try:
+        info = pyogrio.read_info(path, layer=0)
+        area_field = next((f for f in info["fields"] if f.startswith("area_")), None)
+        if CLASS_FIELD not in info["fields"] or area_field is None:
+            raise SparsecoverError(f"{path}: not a vector map written by sparsecover vectorize (no {CLASS_FIELD} or "
+                                   "area field)")
+        frame = pyogrio.read_dataframe(path, layer=0, columns=[CLASS_FIELD, "class_name", area_field],
+                                       read_geometry=False)
+    except pyogrio.errors.DataSourceError as exc:
+        raise SparsecoverError(f"{path}: cannot read the vector map ({str(exc).splitlines()[0]})") from None
+    rows = []
+    for (value, name), group in frame.groupby([CLASS_FIELD, "class_name"], sort=True):
+        rows.append({"value": int(value), "name": name, "polygons": len(group), "area": float(group[area_field].sum())})
+    return rows, area_field

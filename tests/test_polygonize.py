@@ -1,0 +1,158 @@
+"""vectorize: class map -> polygons without block seams, sieved and simplified as map makers do, styled for QGIS."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import geopandas as gpd
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import shapely
+from click.testing import CliRunner
+from rasterio import features
+from rasterio.crs import CRS
+from scipy import ndimage
+
+from conftest import write_raster
+from sparsecover import SparsecoverError, vectorize
+from sparsecover.classes import build_class_table
+from sparsecover.cli import cli
+
+
+def class_map(tmp_path, nodata_corner=True, name="map.tif", **kw):
+    """Smooth random patches of 4 classes with a nodata corner, many patches crossing any strip seam."""
+    rng = np.random.default_rng(3)
+    data = ndimage.median_filter(rng.integers(1, 5, (120, 97)).astype(np.uint8), 5)
+    if nodata_corner:
+        data[:9, :13] = 0
+    path = write_raster(tmp_path / name, data, nodata=0, **kw)
+    with rasterio.open(path, "r+") as dst:
+        dst.write_colormap(1, {c.value: (*c.rgb, 255) for c in build_class_table([1, 2, 3, 4])})
+    return path, data
+
+
+def read(path):
+    return gpd.read_file(path, layer=path.stem, engine="pyogrio")
+
+
+def same_polygons(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame) -> bool:
+    key = lambda f: sorted(zip(f.class_value, f.pixels, f.geometry.representative_point().x.round(6),  # noqa: E731
+                               f.geometry.representative_point().y.round(6), f.geometry))
+    return len(a) == len(b) and all(va == vb and pa == pb and ga.equals(gb)
+                                    for (va, pa, _, _, ga), (vb, pb, _, _, gb) in zip(key(a), key(b)))
+
+
+def rasterized(frame, like):
+    with rasterio.open(like) as src:
+        return features.rasterize(zip(frame.geometry, frame.class_value), out_shape=src.shape, transform=src.transform)
+
+
+def test_polygons_cover_each_class_exactly_and_do_not_depend_on_the_strips(tmp_path):
+    path, data = class_map(tmp_path)
+    whole = read(vectorize(path, tmp_path / "whole.gpkg", progress=False))
+    for rows in (1, 7, 50):
+        assert same_polygons(whole, read(vectorize(path, tmp_path / f"strips{rows}.gpkg", progress=False,
+                                                   strip_rows=rows)))
+    assert whole.crs == CRS.from_epsg(32618) and shapely.is_valid(whole.geometry.values).all()
+    assert set(whole.geom_type) == {"Polygon"}
+    for value in (1, 2, 3, 4):  # area = pixels x pixel area, exactly up to rounding; no polygon on nodata
+        mine = whole[whole.class_value == value]
+        assert mine.area_ha.sum() == pytest.approx((data == value).sum() * 100 / 1e4, rel=1e-12)
+        assert mine.pixels.sum() == (data == value).sum()
+    assert np.array_equal(rasterized(whole, path), data)  # the polygons give back the map, nodata included
+    assert (whole.perimeter_m > 0).all() and set(whole.class_name) == {"class_1", "class_2", "class_3", "class_4"}
+    # a patch is one polygon: 4-connected components of the map, counted by scipy
+    assert len(whole) == sum(ndimage.label(data == v)[1] for v in (1, 2, 3, 4))
+
+
+def test_layer_opens_styled_in_qgis(tmp_path):
+    path, _ = class_map(tmp_path)
+    out = vectorize(path, tmp_path / "styled.gpkg", classes=[2, 4], layer="landcover", progress=False)
+    assert {name for name, _ in pyogrio.list_layers(out)} == {"landcover", "layer_styles"}
+    assert set(gpd.read_file(out, layer="landcover").class_value) == {2, 4}
+    style = pyogrio.read_dataframe(out, layer="layer_styles")
+    assert list(style.f_table_name) == ["landcover"] and list(style.useAsDefault) == [True]
+    renderer = ET.fromstring(style.styleQML[0].split("\n", 1)[1]).find("renderer-v2")
+    assert renderer.get("type") == "categorizedSymbol" and renderer.get("attr") == "class_value"
+    table = {c.value: c for c in build_class_table([1, 2, 3, 4])}
+    categories = renderer.findall("categories/category")
+    assert [(c.get("value"), c.get("label")) for c in categories] == [("2", "class_2"), ("4", "class_4")]
+    colours = [s.find("layer/Option/Option[@name='color']").get("value") for s in renderer.findall("symbols/symbol")]
+    assert colours == [",".join(map(str, (*table[v].rgb, 255))) for v in (2, 4)]
+
+
+def test_min_area_sieves_before_polygonising_like_gdal(tmp_path):
+    path, data = class_map(tmp_path, nodata_corner=False)
+    sieved = read(vectorize(path, tmp_path / "sieved.gpkg", min_area="30px", progress=False))
+    assert sieved.pixels.min() >= 30
+    assert same_polygons(sieved, read(vectorize(path, tmp_path / "s.gpkg", min_area="30px", strip_rows=4,
+                                                progress=False)))
+    mine = rasterized(sieved, path)
+    gdal = features.sieve(data, 30, connectivity=4)
+    assert (mine == gdal).mean() > 0.995  # GDAL's rule (largest neighbour); ties may go either way
+    assert (mine != data).any()
+    # hectares: 10 m pixels, 0.3 ha = 30 px
+    in_ha = read(vectorize(path, tmp_path / "ha.gpkg", min_area="0.3ha", progress=False))
+    assert same_polygons(sieved, in_ha)
+
+
+def test_a_small_patch_joins_its_largest_neighbour(tmp_path):
+    data = np.ones((20, 20), np.uint8)
+    data[:, 12:] = 2  # class 2 is the smaller neighbour
+    data[5:7, 11:14] = 3  # a 2x3 patch sharing 4 edges with class 1 and 6 with class 2: it joins the larger
+    path = write_raster(tmp_path / "m.tif", data, nodata=0)
+    frame = read(vectorize(path, tmp_path / "m.gpkg", min_area="7px", progress=False))
+    assert sorted(zip(frame.class_value, frame.pixels)) == [(1, 244), (2, 156)]
+
+
+def test_simplify_keeps_a_coverage_without_gaps_or_overlaps(tmp_path):
+    path, _ = class_map(tmp_path)
+    plain = read(vectorize(path, tmp_path / "plain.gpkg", min_area="10px", progress=False))
+    simple = read(vectorize(path, tmp_path / "simple.gpkg", min_area="10px", simplify=25.0, progress=False))
+    assert len(simple) == len(plain) and shapely.is_valid(simple.geometry.values).all()
+    assert shapely.coverage_is_valid(simple.geometry.values)  # no overlaps, shared edges identical
+    assert shapely.get_num_coordinates(simple.geometry.values).sum() < shapely.get_num_coordinates(
+        plain.geometry.values).sum()
+    assert shapely.union_all(simple.geometry.values).area == pytest.approx(simple.geometry.area.sum(), rel=1e-9)
+
+
+def test_geographic_crs_names_its_area_units(tmp_path):
+    path, _ = class_map(tmp_path, crs=CRS.from_epsg(4326), res=0.0001, origin=(-78.0, 35.0))
+    frame = read(vectorize(path, tmp_path / "deg.gpkg", progress=False))
+    assert {"area_degree2", "perimeter_degree"} <= set(frame.columns)
+    with pytest.raises(SparsecoverError, match="needs a CRS in metres"):
+        vectorize(path, tmp_path / "x.gpkg", min_area="1ha", progress=False)
+
+
+def test_bad_input_gets_one_line_and_no_output(tmp_path):
+    path, data = class_map(tmp_path)
+    image = write_raster(tmp_path / "image.tif", np.stack([data, data, data]).astype(np.uint16))
+    band = write_raster(tmp_path / "band.tif", (data * 0.37).astype(np.float32))
+    wide = write_raster(tmp_path / "wide.tif", np.arange(120 * 97, dtype=np.uint16).reshape(120, 97))
+    negative = write_raster(tmp_path / "negative.tif", np.where(data > 0, data.astype(np.int16), -9999))
+    cases = [
+        ([str(image), "--out", "o.gpkg"], "not a class map (3 band"),
+        ([str(band), "--out", "o.gpkg"], "not whole numbers"),
+        ([str(wide), "--out", "o.gpkg"], "an image band?"),
+        ([str(negative), "--out", "o.gpkg"], "value -9999 is not a class"),
+        ([str(path), "--out", "o.shp"], "name the output *.gpkg"),
+        ([str(path), "--out", "o.gpkg", "--classes", "2,9"], "--classes 9 not in the map"),
+        ([str(path), "--out", "o.gpkg", "--classes", "two"], "give class values"),
+        ([str(path), "--out", "o.gpkg", "--min-area", "12"], "with its unit"),
+        ([str(path), "--out", "o.gpkg", "--simplify", "0"], "--simplify must be"),
+        ([str(tmp_path / "missing.tif"), "--out", "o.gpkg"], "file not found"),
+    ]
+    work = tmp_path / "work"
+    work.mkdir()
+    runner = CliRunner()
+    for args, message in cases:
+        args = [str(work / a) if a.startswith("o.") else a for a in args]
+        result = runner.invoke(cli, ["vectorize", *args])
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+    assert not list(work.iterdir())  # nothing left behind, partials included
+    assert runner.invoke(cli, ["vectorize", str(path), "--out", str(work / "o.gpkg"), "-q"]).exit_code == 0
+    again = runner.invoke(cli, ["vectorize", str(path), "--out", str(work / "o.gpkg"), "-q"])
+    assert again.exit_code == 2 and "already exists" in again.output
