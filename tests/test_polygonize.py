@@ -156,3 +156,22 @@ def test_bad_input_gets_one_line_and_no_output(tmp_path):
     assert runner.invoke(cli, ["vectorize", str(path), "--out", str(work / "o.gpkg"), "-q"]).exit_code == 0
     again = runner.invoke(cli, ["vectorize", str(path), "--out", str(work / "o.gpkg"), "-q"])
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_a_full_disk_gives_one_line_and_leaves_nothing(tmp_path):
+    """Writes that fail as on a full disk (a file-size limit) end in one line, no partial GeoPackage."""
+    import subprocess
+    import sys
+
+    path, _ = class_map(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN);"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000));"
+            "from sparsecover.cli import main; sys.argv = ['sparsecover'] + sys.argv[1:]; main()")
+    done = subprocess.run([sys.executable, "-c", code, "vectorize", str(path), "--out", str(out / "v.gpkg"), "-q"],
+                          capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert lines[-1].startswith("error:") and "is the disk full?" in lines[-1] and "v.gpkg" in lines[-1]
+    assert list(out.iterdir()) == []

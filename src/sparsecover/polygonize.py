@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import shapely
+from pyogrio.errors import DataLayerError, DataSourceError
 from rasterio import features
 from rasterio.transform import Affine
 from rasterio.windows import Window
@@ -414,8 +415,9 @@ def vectorize(
         def to_map(geoms: np.ndarray) -> np.ndarray:
             return shapely.transform(geoms, lambda xy: np.column_stack(transform * (xy[:, 0], xy[:, 1])))
 
-        staging = staging_file(out, suffix=".gpkg")
+        staging = out.parent / f".{out.name}.partial.gpkg"  # replaced by the real staging file next
         try:
+            staging = staging_file(out, suffix=".gpkg")
             staging.unlink()
             polygons = _patches_as_polygons(read, strips, selected, progress, src.width)
             if simplify is not None:  # every pixel corner a vertex: edges matched for GEOS
@@ -443,6 +445,10 @@ def vectorize(
             table = build_class_table(sorted(seen), names, colours)
             add_layer_style(staging, layer, [c for c in table if c.value in kinds], CLASS_FIELD)
             os.replace(staging, out)
+        except (OSError, DataSourceError, DataLayerError) as exc:  # a full disk, a read-only folder
+            staging.unlink(missing_ok=True)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise SparsecoverError(f"{out}: cannot write the GeoPackage ({first}); is the disk full?") from None
         except BaseException:
             staging.unlink(missing_ok=True)
             raise
