@@ -160,7 +160,7 @@ def test_class_prior_labels_applies_the_decision_offsets_and_balanced_leaves_the
 def test_onnx_engine_matches_torch(trained, train_chips, tmp_path):
     scene = train_chips.parent / "classes_scene.tif"
     a = classify_pixels(scene, trained, tmp_path / "t.tif", tile_size=64, padding=16, probabilities=tmp_path / "tp.tif",
-                        progress=False)
+                        progress=False, precision="fp32")  # the ONNX graph is fp32
     b = classify_pixels(scene, trained, tmp_path / "o.tif", tile_size=64, padding=16, engine="onnx",
                         probabilities=tmp_path / "op.tif", progress=False)
     pa, pb = rasterio.open(tmp_path / "tp.tif").read(), rasterio.open(tmp_path / "op.tif").read()
@@ -506,3 +506,24 @@ def test_overviews_written_block_by_block_equal_the_whole_map_reduced(trained, t
                     assert ovr.shape == level.shape
                     assert np.array_equal(ovr.read(1), level), factor
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_bf16_maps_agree_with_fp32_and_auto_follows_the_cpu(trained, train_chips, tmp_path):
+    """bf16 autocast on the CPU changes few pixels; auto picks it only where the CPU has native bf16."""
+    import torch
+
+    from sparsecover.classify import cpu_has_bf16, use_bf16
+
+    scene = train_chips.parent / "classes_scene.tif"
+    maps = {p: rasterio.open(classify_pixels(scene, trained, tmp_path / f"{p}.tif", tile_size=64, padding=16,
+                                             progress=False, precision=p)).read(1) for p in ("fp32", "bf16")}
+    valid = maps["fp32"] > 0
+    assert valid.mean() > 0.5 and (maps["fp32"] == maps["bf16"])[valid].mean() >= 0.995
+    amd = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
+    old = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n"
+    assert cpu_has_bf16(amd) and not cpu_has_bf16(old) and cpu_has_bf16("flags : amx_bf16 amx_tile")
+    cpu = torch.device("cpu")
+    assert use_bf16("auto", cpu, "torch") == cpu_has_bf16() and not use_bf16("auto", cpu, "onnx")
+    assert use_bf16("bf16", cpu, "torch") and not use_bf16("fp32", torch.device("cuda"), "torch")
+    with pytest.raises(SparsecoverError, match="--precision must be"):
+        classify_pixels(scene, trained, tmp_path / "x.tif", precision="fp16", progress=False)

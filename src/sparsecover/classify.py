@@ -83,6 +83,7 @@ class Settings:
     engine: str
     aoi: str | None
     class_prior: str
+    precision: str  # as resolved: fp32 or bf16
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,33 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+#: What ``precision`` may be: auto is bf16 on CUDA and on CPUs that compute bf16 natively, else fp32.
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16 among /proc/cpuinfo's flags);
+    elsewhere PyTorch emulates bf16, slower than fp32. Without /proc/cpuinfo (not Linux): no."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def use_bf16(precision: str, device: torch.device, engine: str) -> bool:
+    """Whether the network runs under bf16 autocast (the ONNX engine runs its fp32 graph)."""
+    if precision not in PRECISIONS:
+        raise SparsecoverError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if engine == "onnx":
+        return False
+    if precision == "auto":
+        return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
+    return precision == "bf16"
+
+
 #: Band dtypes carried to the model as they are stored (float32 is 2x the bytes of uint16); others
 #: are read as float32.
 CARRIED_DTYPES = ("uint8", "int8", "uint16", "int16", "float32")
@@ -188,12 +216,12 @@ class Predictor:
     """
 
     def __init__(self, loaded: LoadedModel, device: torch.device, engine: str, tta: bool,
-                 classes_only: bool = False, class_prior: str = "labels") -> None:
+                 classes_only: bool = False, class_prior: str = "labels", bf16: bool = False) -> None:
         if engine not in ENGINES:
             raise SparsecoverError(f"--engine must be torch or onnx, got {engine!r}")
         if class_prior == "balanced":
             loaded = replace(loaded, meta={**loaded.meta, "decision_offsets": None})
-        self.loaded, self.engine, self.tta = loaded, engine, tta
+        self.loaded, self.engine, self.tta, self.bf16 = loaded, engine, tta, bf16 and engine == "torch"
         self.device = device if engine == "torch" else torch.device("cpu")  # where batches are assembled
         # only the class map is wanted: (N, T, T) class values, no softmax or K x T x T copies back
         self.classes_only = classes_only and engine == "torch" and not tta
@@ -256,8 +284,7 @@ class Predictor:
     def _torch_forward(self, x: torch.Tensor) -> np.ndarray:
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                    enabled=self.device.type == "cuda"):
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             if self.classes_only:
                 return self.values[self.module.logits(x).argmax(1)].cpu().numpy()
             return self.module(x).cpu().numpy()
@@ -401,15 +428,15 @@ def _local_results(raster: str, predictor: Predictor, batches: list[list[Block]]
 
 @functools.lru_cache(maxsize=2)
 def _worker_predictor(model: str, device: str, engine: str, tta: bool, classes_only: bool,
-                      class_prior: str) -> Predictor:
+                      class_prior: str, bf16: bool) -> Predictor:
     """Each Dask worker process loads the model once and keeps it."""
     torch_device = _device(device)
-    return Predictor(load_model(model, str(torch_device)), torch_device, engine, tta, classes_only, class_prior)
+    return Predictor(load_model(model, str(torch_device)), torch_device, engine, tta, classes_only, class_prior, bf16)
 
 
 def _dask_task(raster: str, model: str, device: str, engine: str, tta: bool, classes_only: bool, class_prior: str,
-               blocks: list[Block], band_indexes: list[int]):
-    predictor = _worker_predictor(model, device, engine, tta, classes_only, class_prior)
+               bf16: bool, blocks: list[Block], band_indexes: list[int]):
+    predictor = _worker_predictor(model, device, engine, tta, classes_only, class_prior, bf16)
     return predict_blocks(raster, predictor, blocks, band_indexes)
 
 
@@ -695,13 +722,15 @@ def classify_pixels(
     progress: bool = True,
     vector: str | Path | None = None,
     min_area: str | None = None,
+    precision: str = "auto",
 ) -> Path:
     """Classify ``raster`` with a trained model (package, run or model folder) into ``out``.
 
     ``workers`` starts a local Dask cluster of that many processes; ``dask_scheduler`` uses a running
     one. ``resume`` continues an interrupted run from its finished blocks (same settings required).
     ``confidence``, ``uncertainty`` and ``probabilities`` are further COGs to write (see :class:`_Outputs`).
-    ``class_prior``: one of :data:`CLASS_PRIORS`. ``vector``: also the map as polygons in a
+    ``class_prior``: one of :data:`CLASS_PRIORS`. ``precision``: one of :data:`PRECISIONS` (auto:
+    bf16 on CUDA and on CPUs with native bf16, see :func:`cpu_has_bf16`). ``vector``: also the map as polygons in a
     GeoPackage, with ``min_area`` as the minimum mapping unit (see :func:`polygonize.vectorize`).
     """
     out = Path(out)
@@ -720,6 +749,8 @@ def classify_pixels(
         raise SparsecoverError(f"--padding must be 0 or more, got {padding}")
     if class_prior not in CLASS_PRIORS:
         raise SparsecoverError(f"--class-prior must be {' or '.join(CLASS_PRIORS)}, got {class_prior!r}")
+    if precision not in PRECISIONS:
+        raise SparsecoverError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if batch_size is not None and batch_size < 1:
         raise SparsecoverError(f"--batch-size must be at least 1, got {batch_size}")
     if tile_size % MULTIPLE or tile_size < 2 * padding + MULTIPLE:
@@ -727,7 +758,7 @@ def classify_pixels(
                                f"(got {tile_size}, {padding})")
     with exclusive(out):
         _classify(raster, model, out, tile_size, padding, batch_size, tta, extras, class_prior, aoi,
-                  device, engine, workers, dask_scheduler, resume, progress)
+                  device, engine, workers, dask_scheduler, resume, progress, precision)
     if vector is not None:
         vectorize(out, vector, min_area=min_area, overwrite=overwrite, progress=progress)
     return out
@@ -736,9 +767,10 @@ def classify_pixels(
 def _classify(raster: str | Path, model: str | Path | LoadedModel, out: Path, tile_size: int, padding: int,
               batch_size: int | None, tta: bool, extras: dict[str, Path], class_prior: str,
               aoi: str | Path | None, device: str, engine: str, workers: int | None, dask_scheduler: str | None,
-              resume: bool, progress: bool) -> Path:
+              resume: bool, progress: bool, precision: str) -> Path:
     """classify_pixels once its outputs are checked and locked."""
     torch_device = _device(device)
+    bf16 = use_bf16(precision, torch_device, engine)
     if isinstance(model, LoadedModel):
         loaded = model
         check_raster(raster, loaded)
@@ -757,7 +789,8 @@ def _classify(raster: str | Path, model: str | Path | LoadedModel, out: Path, ti
     stat = Path(raster).stat()
     settings = Settings(str(Path(raster).resolve()), f"{stat.st_size} bytes, modified {stat.st_mtime_ns} ns",
                         str(Path(model).resolve()) if not isinstance(model, LoadedModel) else "in-memory",
-                        loaded.weights_sha256, tile_size, padding, tta, engine, str(aoi) if aoi else None, class_prior)
+                        loaded.weights_sha256, tile_size, padding, tta, engine, str(aoi) if aoi else None, class_prior,
+                        "bf16" if bf16 else "fp32")
     with gdal_env():  # bounded GDAL cache for the outputs too; GDAL errors go to Python logging
         try:
             writer = _Outputs(out, extras, source, loaded.meta, settings, resume)
@@ -774,10 +807,10 @@ def _classify(raster: str | Path, model: str | Path | LoadedModel, out: Path, ti
                 if isinstance(model, LoadedModel):
                     raise SparsecoverError("Dask workers load the model from its file: pass a path, not a loaded model")
                 results = _dask_results(str(Path(raster).resolve()), str(Path(model).resolve()), device, engine, tta,
-                                        classes_only, class_prior, batches, loaded.band_indexes, workers,
+                                        classes_only, class_prior, bf16, batches, loaded.band_indexes, workers,
                                         dask_scheduler)
             else:
-                predictor = Predictor(loaded, torch_device, engine, tta, classes_only, class_prior)
+                predictor = Predictor(loaded, torch_device, engine, tta, classes_only, class_prior, bf16)
                 results = _local_results(str(source.path), predictor, batches, loaded.band_indexes)
             # batches are prepared (class values, overviews) by a few threads and written, in order,
             # by one, while the next batches are predicted
@@ -805,7 +838,7 @@ def _classify(raster: str | Path, model: str | Path | LoadedModel, out: Path, ti
     return out
 
 
-def _dask_results(raster, model, device, engine, tta, classes_only, class_prior, batches, band_indexes, workers,
+def _dask_results(raster, model, device, engine, tta, classes_only, class_prior, bf16, batches, band_indexes, workers,
                   scheduler):
     """Blocks as Dask tasks; results come back as they finish (order does not matter to the writer)."""
     try:
@@ -820,7 +853,7 @@ def _dask_results(raster, model, device, engine, tta, classes_only, class_prior,
                                processes=True, dashboard_address=None)
         client = Client(cluster)
     try:
-        futures = [client.submit(_dask_task, raster, model, device, engine, tta, classes_only, class_prior, b,
+        futures = [client.submit(_dask_task, raster, model, device, engine, tta, classes_only, class_prior, bf16, b,
                                  band_indexes, pure=False)
                    for b in batches]
         for future in as_completed(futures):

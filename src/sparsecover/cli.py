@@ -225,13 +225,16 @@ def lr_find(chips, out, **kw) -> None:
 @click.option("--aoi", type=click.Path(path_type=Path), help="Polygons: classify only inside (nodata outside).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--engine", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="Network arithmetic: auto is bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), else fp32.")
 @click.option("--workers", type=int, help="Start a local Dask cluster with N worker processes.")
 @click.option("--dask-scheduler", help="Address of a running Dask scheduler (tcp://host:8786).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its finished blocks.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def classify(rasters, out, tile_size, padding, batch_size, tta, confidence, probabilities, uncertainty, vector,
-             min_area, class_prior, aoi, device, engine, workers, dask_scheduler, resume, overwrite, quiet) -> None:
+             min_area, class_prior, aoi, device, engine, precision, workers, dask_scheduler, resume, overwrite,
+             quiet) -> None:
     """Classify RASTER [RASTER...] MODEL: each raster with a trained model (.sparsecover package or run folder).
 
     Several rasters give one output each, in the --out folder (and the --confidence, --uncertainty,
@@ -259,7 +262,7 @@ def classify(rasters, out, tile_size, padding, batch_size, tta, confidence, prob
         path = classify_pixels(raster, model, target, tile_size=tile_size, padding=padding, batch_size=batch_size,
                                tta=tta, class_prior=class_prior, aoi=aoi, device=device, engine=engine, workers=workers,
                                dask_scheduler=dask_scheduler, resume=resume, overwrite=overwrite, progress=not quiet,
-                               min_area=min_area, **paths)
+                               min_area=min_area, precision=precision, **paths)
         out_console.print(f"wrote {path}" + "".join(f" and {p}" for p in paths.values()))
 
 
