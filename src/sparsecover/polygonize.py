@@ -5,9 +5,9 @@ corner only are separate polygons, GDAL's and ArcGIS's default). Class 0 and nod
 polygons. The map is read in strips of whole rows; each strip's patches are polygonised by GDAL in
 pixel coordinates, where the pieces a patch has in successive strips share their corners exactly,
 joined to the open patches of the strip above across the shared row, and a patch is merged and
-written as soon as a strip leaves it behind. The output has no seams, and memory follows the strip
-and the polygons open across its width (and the largest polygons, each held whole until it is
-written), not the map's height (benchmarks/results/vectorize_memory_2026-11-28.txt).
+written as soon as a strip leaves it behind. The output has no seams, and memory grows with the
+map's width (and the largest polygons, each held whole until it is written), not its height
+(benchmarks/results/vectorize_memory_2026-11-28.txt).
 
 A minimum mapping unit needs the whole map's patches first: a first pass labels every patch, counts
 it and keeps the edges it shares with its neighbours, and the patches under the unit join their
