@@ -7,8 +7,9 @@ repetition* (a VRT that repeats the scene; no mirror flips) to about 25 MP and t
 at benchmark time. The model is a ResNet34 U-Net with random weights (speed does not depend on the
 weights), 4 bands -> 7 classes, packaged like a trained one.
 
-Rows: bare forward pass of the network (MP/s) for a few tile shapes, the best of which is the
-ceiling classify is compared with (measured before the first and after each of ``--rounds``
+Rows: bare forward pass of the network (MP/s) for a few tile shapes, at the precision classify's
+``--precision auto`` picks here (bf16 on CUDA and on CPUs with native bf16; then also a fp32 row for
+the speed-up), the best of which is the ceiling classify is compared with (measured before the first and after each of ``--rounds``
 classify runs; the ratio is of the medians: this machine's speed drifts by 10-50 %); classify at default settings (torch and onnxruntime
 engines); classify with --tta; the pipeline alone at both sizes (the network replaced by a near-free
 stand-in: reading, writing and the COG conversion, the ceiling for a fast GPU); peak RSS of classify at ~25 MP and at the big size, each in its own
@@ -90,11 +91,13 @@ def make_package(folder: Path, stack: Path) -> Path:
     return save_package(model_dir, folder / "bench.sparsecover")
 
 
-def bare_forward(package: Path, device: str, batch: int, size: int, tiles: int = 12) -> float:
-    """MP/s of the network alone on random ``size`` px tiles in batches of ``batch``, with the
-    precision classify uses there (bf16 autocast on CUDA)."""
+def bare_forward(package: Path, device: str, batch: int, size: int, tiles: int = 12, precision: str = "auto") -> float:
+    """MP/s of the network alone on random ``size`` px tiles in batches of ``batch``, at ``precision``
+    as classify resolves it (auto: bf16 on CUDA and on CPUs with native bf16)."""
+    from sparsecover.classify import use_bf16
     from sparsecover.predict import load_model
 
+    bf16 = use_bf16(precision, torch.device(device), "torch")
     model = load_model(package, device)
     network = model.network
     if device == "cpu":
@@ -103,7 +106,7 @@ def bare_forward(package: Path, device: str, batch: int, size: int, tiles: int =
     if device == "cpu":
         x = x.contiguous(memory_format=torch.channels_last)
     steps = max(1, tiles // batch)
-    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
         network(x)
         if device == "cuda":
             torch.cuda.synchronize()
@@ -173,8 +176,11 @@ def main() -> None:
     plain = {"device": args.device, **settings}
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     shown = ", ".join(f"{k} {v}" for k, v in settings.items()) or "classify defaults"
+    from sparsecover.classify import use_bf16
+
+    precision = "bf16" if use_bf16("auto", torch.device(args.device), "torch") else "fp32"
     print(f"classify_speed: Sentinel-2 4-band uint16 scene (s2_10m) repeated by VRT tiling; ResNet34 U-Net, "
-          f"random weights; {shown}; {device}")
+          f"random weights; {shown}; {device}; classify and the bare pass in {precision} (classify's auto)")
     print(f"{'run':<36}{'MP/s':>8}  {'ratio':<40}{'peak RSS MB':>12}", flush=True)
     rows = []
 
@@ -201,6 +207,9 @@ def main() -> None:
             rate = bare_forward(package, args.device, batch, size, tiles=16 if args.device == "cuda" else 4)
             row(f"bare forward, {batch} x {size} px", rate)
         bares = [max(rate for _, rate in rows)]
+        if precision == "bf16":  # what the network does without bf16, for the speed-up
+            fp32 = bare_forward(package, args.device, 1, 1024, tiles=4, precision="fp32")
+            row("bare forward fp32, 1 x 1024 px", fp32, f"bf16 best shape {bares[0] / fp32:.2f}x of it")
         rates, rss_small = [], 0.0
         for _ in range(args.rounds):  # classify, then the bare pass again: the ratio of the medians
             t, mp, rss = run_classify(small, package, tmp / "a.tif", [plain])
