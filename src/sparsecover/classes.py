@@ -8,13 +8,13 @@ styling; users override them with ``value=#rrggbb`` pairs.
 from __future__ import annotations
 
 import json
-import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SparsecoverError
+from .staging import write_into_place
 
 # Conventional land-cover colours (NLCD-like), matched on words in the class name.
 _NAMED_COLOURS = (
@@ -150,14 +150,7 @@ def write_class_sidecar(raster: Path, classes: list[ClassInfo], counts: Sequence
     dataset = ET.Element("PAMDataset")
     dataset.append(band)
     ET.indent(dataset)
-    sidecar = raster.with_name(raster.name + ".aux.xml")
-    partial = raster.with_name(f".{sidecar.name}.partial")
-    try:
-        ET.ElementTree(dataset).write(partial, encoding="UTF-8", xml_declaration=False)
-        os.replace(partial, sidecar)
-    finally:
-        partial.unlink(missing_ok=True)
-    return sidecar
+    return write_into_place(raster.with_name(raster.name + ".aux.xml"), ET.tostring(dataset, encoding="unicode"))
 
 
 def read_raster_classes(src) -> tuple[dict[int, str], dict[int, str]]:

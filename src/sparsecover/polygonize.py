@@ -399,10 +399,8 @@ def vectorize(
         units = _units(src.crs)
         threshold = min_area_pixels(area, pixel_area, units.area_field == "area_ha", classified)
         names, colours = read_raster_classes(src)
-        unknown = sorted(set(classes or []) - set(names)) if names else []
-        if unknown:
-            raise SparsecoverError(f"{classified}: --classes {','.join(map(str, unknown))} not in the map (its classes: "
-                                   f"{', '.join(f'{v} {n}' for v, n in sorted(names.items()))})")
+        if names:  # before any work; a map without a class table is checked once read
+            _check_classes(classified, classes, set(names))
         strips = _strips(src.height, src.width, src.block_shapes[0][0], strip_rows)
         read: Callable[[int, int], Strip] = _MapReader(src, classified, bool(names or colours))
         if threshold > 1:
@@ -415,10 +413,10 @@ def vectorize(
         def to_map(geoms: np.ndarray) -> np.ndarray:
             return shapely.transform(geoms, lambda xy: np.column_stack(transform * (xy[:, 0], xy[:, 1])))
 
-        staging = out.parent / f".{out.name}.partial.gpkg"  # replaced by the real staging file next
+        staging: Path | None = None
         try:
             staging = staging_file(out, suffix=".gpkg")
-            staging.unlink()
+            staging.unlink()  # the GPKG driver creates the file itself
             polygons = _patches_as_polygons(read, strips, selected, progress, src.width)
             if simplify is not None:  # every pixel corner a vertex: edges matched for GEOS
                 rows = [(v, p, shapely.segmentize(g, 1.0)) for v, p, g in polygons]
@@ -435,10 +433,7 @@ def vectorize(
             seen = (read.read if isinstance(read, _SievedReader) else read).seen
             if not seen:
                 raise SparsecoverError(f"{classified}: no class pixels (every pixel is 0 or nodata); nothing to vectorise")
-            unknown = sorted(set(classes or []) - seen)
-            if unknown:
-                raise SparsecoverError(f"{classified}: --classes {','.join(map(str, unknown))} not in the map (its "
-                                       f"classes: {', '.join(map(str, sorted(seen)))})")
+            _check_classes(classified, classes, seen)
             if not written:
                 raise SparsecoverError(f"{classified}: no polygon is left of the classes asked for once patches under "
                                        f"{threshold} px join their neighbours; lower --min-area")
@@ -446,13 +441,22 @@ def vectorize(
             add_layer_style(staging, layer, [c for c in table if c.value in kinds], CLASS_FIELD)
             os.replace(staging, out)
         except (OSError, DataSourceError, DataLayerError) as exc:  # a full disk, a read-only folder
-            staging.unlink(missing_ok=True)
+            if staging is not None:
+                staging.unlink(missing_ok=True)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise SparsecoverError(f"{out}: cannot write the GeoPackage ({first}); is the disk full?") from None
         except BaseException:
-            staging.unlink(missing_ok=True)
+            if staging is not None:
+                staging.unlink(missing_ok=True)
             raise
     return out
+
+
+def _check_classes(classified: Path, classes: list[int] | None, known: set[int]) -> None:
+    unknown = sorted(set(classes or []) - known)
+    if unknown:
+        raise SparsecoverError(f"{classified}: --classes {','.join(map(str, unknown))} not in the map (its classes: "
+                               f"{', '.join(map(str, sorted(known)))})")
 
 
 def _batched(rows: Iterator) -> Iterator[list]:

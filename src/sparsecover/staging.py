@@ -39,6 +39,17 @@ def staging_file(out: Path, suffix: str = "") -> Path:
     return Path(path)
 
 
+def write_into_place(path: Path, text: str) -> Path:
+    """``text`` as ``path`` (UTF-8), written to a hidden file beside it and renamed: whole or absent."""
+    partial = staging_file(path)
+    try:
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
 @contextlib.contextmanager
 def exclusive(out: Path) -> Iterator[None]:
     """Hold a lock on ``out`` while a run writes it (and its hidden partial files): a second run

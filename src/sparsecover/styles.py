@@ -10,11 +10,11 @@ takes colours from the GeoTIFF's colour table and names from the ``.aux.xml`` at
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from .classes import ClassInfo
+from .staging import write_into_place
 
 #: The QGIS version the styles are written as; QGIS reads styles of older versions unchanged.
 QGIS_VERSION = "3.34.0"
@@ -73,14 +73,7 @@ def vector_qml(classes: list[ClassInfo], field: str) -> str:
 
 def write_raster_style(raster: Path, classes: list[ClassInfo]) -> Path:
     """``<raster stem>.qml`` beside a class map (QGIS's default style for it); whole or absent."""
-    path = raster.with_suffix(".qml")
-    partial = raster.with_name(f".{path.name}.partial")
-    try:
-        partial.write_text(raster_qml(classes), encoding="utf-8")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
+    return write_into_place(raster.with_suffix(".qml"), raster_qml(classes))
 
 
 def add_layer_style(gpkg: Path, layer: str, classes: list[ClassInfo], field: str) -> None:
