@@ -54,18 +54,17 @@ from .polygonize import parse_min_area, vectorize
 
 MULTIPLE = 32  # U-Net encoders downsample 5 times: tile sides must be multiples of 32
 #: Batches that may wait between the stages (read -> predict -> write) so that a slow moment in one
-#: does not stall the others: on an H200 the model's thread waited 1.3-3.1 s for reads and 0.3-2.1 s
-#: for the writer in 7-9 s runs while the reading threads were idle half the time (one batch of slack).
+#: does not stall the others (benchmarks/results/gpu_h200_2026-11-26.txt: with no slack the model's
+#: thread waited on reads while the readers sat idle).
 QUEUED_BATCHES = 2
 ENGINES = ("torch", "onnx")
 #: How the map decides between classes: under the class frequencies of the training labels (the
 #: model's decision offsets, :func:`sparsecover.model.decision_offsets`), or as if every class were
 #: equally common (the network alone, trained with balancing class weights: more of the rare classes).
 CLASS_PRIORS = ("labels", "balanced")
-#: DEFLATE effort of the final COGs. This conversion runs after the last block, so on a fast GPU it
-#: bounds the whole run (an H200 computed 376 MP in 1.08 s; the conversion at GDAL's level 6 took
-#: 0.74 s there). A real 67 MP class map, one thread: level 6 compresses in 0.87 s to 4.0 MB, level 4
-#: in 0.30 s to 5.0 MB, level 1 in 0.20 s to 5.7 MB: level 4 is 2.9x faster for 27 % more bytes.
+#: DEFLATE effort of the final COGs. The conversion runs after the last block, so on a fast GPU it
+#: bounds the whole run; level 4 is about 3x faster than GDAL's 6 for a quarter more bytes
+#: (benchmarks/results/classify_breakdown_cpu_2026-11-26.txt).
 DEFLATE_LEVEL = 4
 
 
@@ -332,9 +331,9 @@ def predict_blocks(raster: str, predictor: Predictor, blocks: list[Block],
 
 
 def _readers(device: torch.device) -> int:
-    """Reading threads: a GPU eats tiles faster than one core decompresses them (H200: one reader
-    fed ~18 MP/s to a model that runs at ~350 MP/s). None on a CPU: the model already uses every
-    core (on 2 cores a reader thread beside it measured no faster: 0.77 vs 0.79 of the bare pass)."""
+    """Reading threads: a GPU eats tiles far faster than one core decompresses them
+    (benchmarks/results/gpu_h200_2026-11-26.txt). None on a CPU: the model already uses every core,
+    and a reader thread beside it measured no faster."""
     return max(1, min(8, (os.cpu_count() or 2) // 2)) if device.type == "cuda" else 0
 
 
@@ -376,9 +375,8 @@ class PreparedStrip:
 
 
 def _preparers() -> int:
-    """Threads preparing batches for the writer: one per 4 cores, up to 4. On a GPU host the writer's
-    arrays (the overview levels) would otherwise cap classify near 400 MP/s, one core's worth; on 2
-    CPU cores one thread, as before."""
+    """Threads preparing batches for the writer: one per 4 cores, up to 4, because on a GPU host the
+    writer's arrays (the overview levels) would otherwise cap classify at one core's speed."""
     return max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
@@ -442,9 +440,9 @@ def _dask_task(raster: str, model: str, device: str, engine: str, tta: bool, cla
 
 @functools.cache
 def _partial_codec() -> dict:
-    """Compression of the partial files. They are temporary and read once, by the COG conversion:
-    ZSTD level 1 compresses 6x faster than DEFLATE (0.05 s vs 0.33 s for a 22.6 MP class map, one
-    core), which a GPU run feels; DEFLATE where this GDAL has no ZSTD."""
+    """Compression of the partial files. They are temporary and read once, by the COG conversion,
+    so the fastest codec wins: ZSTD level 1 (several times faster than DEFLATE, which a GPU run feels);
+    DEFLATE where this GDAL has no ZSTD."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -531,9 +529,9 @@ class _Outputs:
         os.replace(tmp, self.state_path)
 
     def prepare(self, results, aoi_mask) -> list[PreparedStrip]:
-        """What one batch's strips write. Arrays only (class values, nodata, the overview levels: 1.9
-        of the writer's 2.6 ms per MP, class counts), so batches are prepared in parallel threads and
-        the one thread that may use the GDAL datasets only writes (:meth:`write`)."""
+        """What one batch's strips write. Arrays only (class values, nodata, the overview levels, class
+        counts: most of the writer's work), so batches are prepared in parallel threads and the one
+        thread that may use the GDAL datasets only writes (:meth:`write`)."""
         prepared = []
         for window, probs, valid, cores in _strips(results):
             keep = valid if aoi_mask is None else valid & aoi_mask(window)
@@ -569,8 +567,8 @@ class _Outputs:
 
     def _checkpoint(self) -> None:
         """Flush the partial files (close and reopen) before recording their blocks as done: a block
-        is only listed for --resume once its pixels are on disk. At GPU speeds a flush every 2 s took
-        20 % of the writer's time (H200, 376 MP): the interval grows with the flush's cost."""
+        is only listed for --resume once its pixels are on disk. The interval grows with the flush's
+        cost, so that at GPU speeds flushing stays a small part of the writer's time."""
         start = time.monotonic()
         self.close(checked=True)
         self._open()
@@ -654,9 +652,9 @@ def margin_uncertainty(probs: np.ndarray) -> np.ndarray:
 def _strips(results: list[tuple[Window, np.ndarray, np.ndarray]]):
     """Side-by-side cores of a batch joined into one strip each: (window, values, valid, cores).
 
-    GDAL writes a wide window much faster than its parts (ZSTD partial: 167 MP/s for a 960 px
-    window, 446 MP/s for 7680 px), since fewer output blocks are merged from partial writes; on an
-    H200 the writer thread was the bottleneck of a 376 MP run.
+    GDAL writes a wide window 2-3x faster than its parts, since fewer output blocks are merged from
+    partial writes, and on a GPU host the writer thread is the bottleneck
+    (benchmarks/results/gpu_h200_2026-11-26.txt).
     """
     groups: list[list[tuple[Window, np.ndarray, np.ndarray]]] = []
     for result in results:
@@ -776,8 +774,8 @@ def _classify(raster: str | Path, model: str | Path | LoadedModel, out: Path, ti
         check_raster(raster, loaded)
     else:
         meta = load_meta(model)
-        # the network loads (and CUDA starts) while the raster is checked: both take 0.2-0.9 s,
-        # which at GPU speeds is a good part of a run
+        # the network loads (and CUDA starts) while the raster is checked: at GPU speeds each is a
+        # good part of a run
         with thread_pool(1, "sparsecover-load") as pool:
             loading = pool.submit(load_model, model, str(torch_device))
             check_raster(raster, meta)

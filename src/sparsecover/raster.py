@@ -33,11 +33,9 @@ GDAL_ERRORS = (OSError, RasterioError, CPLE_BaseError)
 #: GDAL block cache in bytes. GDAL's default (5 % of RAM) lets windowed reads grow RSS to the file
 #: size; 64 MB holds what classify reuses (the input blocks under the overlap of neighbouring tiles,
 #: in bands of columns, see ``classify.plan_blocks``; output blocks shared by neighbouring cores):
-#: 256 MB read and wrote no faster, and grew peak RSS by 260 MB at 376 MP instead of 70 MB. In bytes,
-#: not MB: rasterio's Env hands the number to GDALSetCacheMax64, so the "256" this once was meant a
-#: 256-byte cache: every tile decoded its input blocks again and every window written re-read its
-#: output blocks (fixed, and with the overviews computed by the writer, classify's pipeline without
-#: a network went from 13 to 27-28 MP/s at 376-455 MP on 2 cores).
+#: a larger cache read and wrote no faster and only grew peak RSS. In bytes, not MB: rasterio's Env
+#: hands the number to GDALSetCacheMax64, and a cache of a few hundred bytes decodes every input block
+#: again for each tile and re-reads every output block for each window written.
 GDAL_CACHE_BYTES = 64 * 2**20
 
 #: dtypes a chip dataset or a model input may have.
@@ -80,7 +78,7 @@ def close_checked(dataset: rasterio.io.DatasetWriter) -> None:
 
 class ThreadHandles:
     """One open dataset per thread and path, kept until :meth:`close`: GDAL datasets must not be
-    shared between threads, and reopening one for every window cost ~6 ms a tile on a 100-source VRT."""
+    shared between threads, and reopening one for every window is slow on a VRT of many sources."""
 
     def __init__(self) -> None:
         self._local = threading.local()
