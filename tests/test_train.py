@@ -446,7 +446,7 @@ def test_an_ensemble_averages_members_trained_from_other_starts(train_chips, tmp
         for key, value in member.state_dict().items():
             torch.testing.assert_close(value, best[f"model.{key}"])
     first, second = (dict(m.named_parameters()) for m in model.network.members)
-    assert not torch.equal(first["encoder.conv1.weight"], second["encoder.conv1.weight"])  # other random starts
+    assert not torch.equal(first["context.encoder.conv1.weight"], second["context.encoder.conv1.weight"])  # other random starts
     x = torch.randn(2, 4, 32, 32)
     with torch.no_grad():
         mean = torch.stack([torch.softmax(m(x), 1) for m in model.network.members]).mean(0)

@@ -114,6 +114,9 @@ def _train_options(func):
                      help="Encoder stages kept (3-5): fewer = smaller receptive field and model, steadier from few polygons."),
         click.option("--patch-size", default=128, show_default=True, type=click.IntRange(0),
                      help="Train on random patches of this size (a multiple of 32) cut from larger chips; 0 = whole chips."),
+        click.option("--spectral/--no-spectral", default=True, show_default=True,
+                     help="Pool the network with a per-pixel model of the same labelled pixels (like a random "
+                          "forest's), so the map holds where the scene looks unlike the polygons' surroundings."),
         click.option("--unlabelled-weight", default=1.0, show_default=True, type=click.FloatRange(0),
                      help="Weight of the pseudo-label loss on unlabelled pixels (semi-supervised); 0 = off."),
         click.option("--pseudo-threshold", default=0.9, show_default=True, type=click.FloatRange(0, 1),

@@ -261,6 +261,31 @@ class ChipTorchDataset(Dataset):
             self._cache[position] = item
         return item
 
+    def labelled_pixels(self, limit: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """This split's labelled pixels, each once (overlapping chips share pixels): normalised values
+        (N, bands) and class indices (N,). At most ``limit``, drawn evenly from the chips."""
+        per_chip = math.ceil(limit / max(1, len(self.indices)))
+        rng = np.random.default_rng(seed)
+        values, classes, keys = [], [], []
+        for position, index in enumerate(self.indices):
+            image, target = self._load(position)
+            rows, cols = np.nonzero(target < UNLABELLED)
+            if len(rows) > per_chip:
+                pick = np.sort(rng.choice(len(rows), per_chip, replace=False))
+                rows, cols = rows[pick], cols[pick]
+            chip = self.dataset.chips[index]
+            col0, row0 = chip.window[:2] if chip.window else (0, 0)
+            values.append(image[:, rows, cols].T)
+            classes.append(target[rows, cols])
+            # where the pixel lies in its source raster (chips without a window: unique per chip)
+            source = chip.source if chip.window else len(self.dataset.sources) + index
+            keys.append(np.stack([np.full(len(rows), source), rows + row0, cols + col0], axis=1))
+        if not values:
+            return np.zeros((0, len(self.bands)), np.float32), np.zeros(0, np.int64)
+        _, first = np.unique(np.concatenate(keys), axis=0, return_index=True)
+        first = np.sort(first)
+        return np.concatenate(values)[first], np.concatenate(classes)[first].astype(np.int64)
+
     def __getitem__(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.train:
             # drawn from torch's RNG: a new view every epoch, reproducible for a seed (Lightning seeds

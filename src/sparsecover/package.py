@@ -222,6 +222,7 @@ def describe_package(meta: dict) -> list[tuple[str, str]]:
     lines = [
         ("model", f"{meta['architecture']} / {meta['encoder']}, {meta['input_channels']} bands -> "
                   f"{len(meta['classes'])} classes"
+                  + (", pooled with a per-pixel spectral model" if meta.get("spectral") else "")
                   + (f", an ensemble of {meta['ensemble']}" if meta.get("ensemble", 1) > 1 else "")),
         ("bands", ", ".join(f"{b['name']} ({b['dtype']})" for b in meta["bands"])),
         ("tile / padding", f"{meta['tile_size']} px / {meta['padding']} px"),

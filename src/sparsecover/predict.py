@@ -59,7 +59,8 @@ def network_from(meta: dict, weights: bytes) -> torch.nn.Module:
     with torch.device("meta"):
         network = build_ensemble(meta.get("ensemble", 1), num_bands=meta["input_channels"],
                                  num_classes=len(meta["classes"]), backbone=meta["encoder"],
-                                 architecture=meta["architecture"], encoder_depth=meta.get("encoder_depth", 5))
+                                 architecture=meta["architecture"], encoder_depth=meta.get("encoder_depth", 5),
+                                 spectral=bool(meta.get("spectral")))
     try:
         network.load_state_dict(without_dropped_stages(network, load_safetensors(weights)), assign=True)
     except Exception as exc:

@@ -55,8 +55,9 @@ from .data import (
 )
 from .errors import SparsecoverError
 from .metrics import summarize
-from .model import Ensemble, build_model, check_network, decision_offsets
+from .model import Ensemble, build_model, check_network, context_of, decision_offsets
 from .runfolder import CONFIG, LAST_CHECKPOINT, MODEL_DIR, PACKAGE_NAME, check_run_folder
+from .spectral import MAX_PIXELS, fit_spectral
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "valid_loss", "accuracy", "macro_f1", "lr", "time_s"]
 # Settings that may differ between a run and its --resume (the rest must match).
@@ -68,7 +69,7 @@ DEFAULT_LR = 1e-3
 #: then blew up to 1e14; 4.7e-3 blew up too (benchmarks/results/sparse_accuracy_2026-11-28.txt).
 MAX_SUGGESTED_LR = 3e-3
 # What a run made before a setting existed did (its config.json lacks the key).
-SETTINGS_BEFORE_THEY_EXISTED = {"members": 1, "patch_size": None}
+SETTINGS_BEFORE_THEY_EXISTED = {"members": 1, "patch_size": None, "spectral": False}
 
 
 @dataclass
@@ -100,6 +101,7 @@ class TrainConfig:
     pseudo_threshold: float = 0.9  # confidence a pseudo-label needs
     members: int = 1  # networks trained from other random starts and averaged (an ensemble); costs members x
     patch_size: int | None = 128  # train on random patches of this size cut from larger chips; None = whole chips
+    spectral: bool = True  # pool the network with a per-pixel spectral model (model.PooledNetwork)
     onnx: bool = False  # also put model.onnx (+ model.emd) into the package
     quiet: bool = False
     resume: bool = False
@@ -217,10 +219,11 @@ class SegmentationTask(L.LightningModule):
     def __init__(self, num_bands: int, num_classes: int, class_weights: list[float], backbone: str,
                  architecture: str, lr: float, weight_decay: float, weights: str | None = None,
                  band_names: list[str] | None = None, encoder_depth: int = 5, unlabelled_weight: float = 0.0,
-                 pseudo_threshold: float = 0.9) -> None:
+                 pseudo_threshold: float = 0.9, spectral: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = build_model(num_bands, num_classes, backbone, architecture, weights, band_names, encoder_depth)
+        self.model = build_model(num_bands, num_classes, backbone, architecture, weights, band_names, encoder_depth,
+                                 spectral)
         # per pixel, summed by us: CUDA has no deterministic kernel for a reduced (sum/mean)
         # cross-entropy, and training runs with torch.use_deterministic_algorithms
         self.loss = nn.CrossEntropyLoss(weight=torch.tensor(class_weights, dtype=torch.float32),
@@ -245,7 +248,8 @@ class SegmentationTask(L.LightningModule):
         unlabelled = target == UNLABELLED
         labelled_target = target.masked_fill(unlabelled, IGNORE_INDEX)
         semi = self.hparams.unlabelled_weight > 0 and bool(unlabelled.any())
-        logits = self(torch.cat([image, strong_view(image)]) if semi else image)
+        # the losses train the context network; a pooled network's spectral model is already fitted
+        logits = context_of(self.model)(torch.cat([image, strong_view(image)]) if semi else image)
         loss, weight = self._supervised(logits[:n], labelled_target)
         self.train_loss.update(loss.detach(), weight.detach())
         self.log("train_loss", self.train_loss, on_step=False, on_epoch=True)
@@ -490,7 +494,7 @@ def _task(prepared: Prepared, config: TrainConfig, lr: float) -> SegmentationTas
         class_weights=prepared.weights, backbone=config.backbone, architecture=config.architecture,
         lr=lr, weight_decay=config.weight_decay, weights=config.weights, band_names=prepared.band_names,
         encoder_depth=config.encoder_depth, unlabelled_weight=config.unlabelled_weight,
-        pseudo_threshold=config.pseudo_threshold,
+        pseudo_threshold=config.pseudo_threshold, spectral=config.spectral,
     )
 
 
@@ -582,6 +586,9 @@ def _fit(prepared: Prepared, config: TrainConfig, lr: float, folder: Path, seed:
     folder.mkdir(parents=True, exist_ok=True)
     L.seed_everything(seed, workers=True, verbose=False)
     task = _task(prepared, config, lr)
+    if config.spectral:
+        pixels, classes = prepared.train.labelled_pixels(MAX_PIXELS, seed)
+        fit_spectral(task.model.spectral, pixels, classes, prepared.weights, seed)
     train_loader, valid_loader = _loaders(prepared, config)
     monitor = "valid_loss" if valid_loader is not None else "train_loss"
     best = ModelCheckpoint(dirpath=folder / "checkpoints", filename="best", monitor=monitor, mode="min",
@@ -650,6 +657,7 @@ def save_model_folder(folder: Path, task: SegmentationTask, prepared: Prepared, 
         "architecture": config.architecture,
         "encoder": config.backbone,
         "encoder_depth": config.encoder_depth,
+        "spectral": config.spectral,  # pooled with a per-pixel spectral model (model.PooledNetwork)
         "ensemble": config.members,  # networks averaged (1: a single network)
         "input_channels": len(prepared.band_indices),
         "classes": [
