@@ -183,3 +183,27 @@ def test_report_on_a_killed_run_says_it_is_incomplete(tmp_path, train_chips):
     with pytest.warns(SparsecoverWarning, match=r"training did not finish \(1 of 2 epochs in history.csv"):
         text = build_report(run, tmp_path / "killed.html").read_text()
     assert "Incomplete run" in text and "--resume" in text
+
+
+def test_report_does_not_repeat_what_train_warned_about(tmp_path):
+    """A class with a single polygon cannot be validated: `train` says so once; the report, which
+    prepares the same data again to draw the validation chips, does not say it again."""
+    import warnings
+
+    from conftest import class_polygons, make_class_scene
+    from sparsecover import SparsecoverWarning, export_training_data
+    from sparsecover.report import build_report
+    from sparsecover.train import TrainConfig, train
+
+    polygons = class_polygons(values=(1, 2, 3), per_class=3).iloc[:7]  # class 3: one polygon
+    raster = make_class_scene(tmp_path, polygons)
+    polygons.to_file(tmp_path / "p.gpkg")
+    chips = export_training_data(raster, tmp_path / "p.gpkg", tmp_path / "chips", class_field="classvalue",
+                                 tile_size=32, stride=16, progress=False)
+    with pytest.warns(SparsecoverWarning, match="single polygon"):
+        run = train(chips, tmp_path / "run", TrainConfig(backbone="resnet18", epochs=1, lr=1e-3, quiet=True))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        text = build_report(run, tmp_path / "report.html").read_text()
+    assert "image | ground truth | prediction" in text  # the validation chips were drawn
+    assert not [w for w in caught if "single polygon" in str(w.message)]

@@ -14,12 +14,13 @@ import datetime as _dt
 import html
 import json
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from .errors import SparsecoverError, warn
+from .errors import SparsecoverError, SparsecoverWarning, warn
 from .runfolder import CONFIG, unfinished
 
 
@@ -151,7 +152,9 @@ def build_report(run: str | Path, out: str | Path, classified: str | Path | None
                                              tmp / "validation" / "confusion_matrix.png"))
             if dataset is not None:
                 saved = {k: v for k, v in config.items() if k in TrainConfig.__dataclass_fields__}
-                prepared = prepare(dataset, TrainConfig(**{**saved, "quiet": True}))
+                with warnings.catch_warnings():  # what `train` already warned about (a class it cannot validate)
+                    warnings.simplefilter("ignore", SparsecoverWarning)
+                    prepared = prepare(dataset, TrainConfig(**{**saved, "quiet": True}))
                 if prepared.valid is not None:
                     chosen = prepared.valid.indices[:: max(1, len(prepared.valid.indices) // show_rows)][:show_rows]
                     show_results(dataset, load_model(run), chosen, tmp / "results.png")
