@@ -24,7 +24,10 @@ from sparsecover.data import IGNORE_INDEX, UNLABELLED
 from sparsecover.model import adapt_first_conv
 from sparsecover.train import TrainConfig, prepare, train
 
-FAST = dict(backbone="resnet18", epochs=2, lr=1e-3, batch_size=8, quiet=True, seed=7)
+# The per-pixel model (tests/test_spectral.py) costs ~4 s a training: most tests here leave it out;
+# those of determinism, resume, ensembles, fine-tuning and DDP train the default pooled network (POOLED).
+FAST = dict(backbone="resnet18", epochs=2, lr=1e-3, batch_size=8, quiet=True, seed=7, spectral=False)
+POOLED = {**FAST, "spectral": True}
 
 
 def _history(run):
@@ -197,8 +200,8 @@ def test_the_model_decides_under_the_labels_class_frequencies(tmp_path):
 
 
 def test_same_seed_same_history(train_chips, tmp_path):
-    a = _history(train(train_chips, tmp_path / "a", TrainConfig(**FAST)))
-    b = _history(train(train_chips, tmp_path / "b", TrainConfig(**FAST)))
+    a = _history(train(train_chips, tmp_path / "a", TrainConfig(**POOLED)))
+    b = _history(train(train_chips, tmp_path / "b", TrainConfig(**POOLED)))
     for ra, rb in zip(a, b):
         for key in ("train_loss", "valid_loss", "accuracy"):
             assert float(ra[key]) == pytest.approx(float(rb[key]), rel=1e-4, abs=1e-6)
@@ -325,15 +328,15 @@ def test_a_shallow_encoder_keeps_only_the_stages_it_uses():
 
 
 def test_ddp_with_two_cpu_processes(train_chips, tmp_path):
-    config = TrainConfig(**{**FAST, "epochs": 1, "devices": 2, "strategy": "ddp_spawn", "device": "cpu"})
+    config = TrainConfig(**{**POOLED, "epochs": 1, "devices": 2, "strategy": "ddp_spawn", "device": "cpu"})
     run = train(train_chips, tmp_path / "ddp", config)
     assert [int(r["epoch"]) for r in _history(run)] == [0]
     assert (run / "model" / "weights.safetensors").exists()
 
 
 def test_fine_tune_from_a_run_and_shape_mismatch(train_chips, tmp_path):
-    first = train(train_chips, tmp_path / "first", TrainConfig(**{**FAST, "epochs": 1}))
-    second = train(train_chips, tmp_path / "second", TrainConfig(**{**FAST, "epochs": 1, "weights": str(first)}))
+    first = train(train_chips, tmp_path / "first", TrainConfig(**{**POOLED, "epochs": 1}))
+    second = train(train_chips, tmp_path / "second", TrainConfig(**{**POOLED, "epochs": 1, "weights": str(first)}))
     assert (second / "model" / "weights.safetensors").exists()
     with pytest.raises(SparsecoverError, match=r"weights do not fit this model .*encoder.conv1.weight"):
         train(train_chips, tmp_path / "third", TrainConfig(**{**FAST, "epochs": 1, "weights": str(first),
@@ -434,7 +437,7 @@ def test_an_ensemble_averages_members_trained_from_other_starts(train_chips, tmp
     from sparsecover.package import describe_package, export_onnx, onnx_session
     from sparsecover.predict import load_model
 
-    run = train(train_chips, tmp_path / "run", TrainConfig(**{**FAST, "members": 2}))
+    run = train(train_chips, tmp_path / "run", TrainConfig(**{**POOLED, "members": 2}))
     assert [int(r["epoch"]) for r in _history(run / "member2")] == [0, 1]
     meta = json.loads((run / "model" / "model.json").read_text())
     assert meta["ensemble"] == 2 and len(meta["training"]["member_histories"]) == 1
@@ -463,7 +466,7 @@ def test_an_ensemble_averages_members_trained_from_other_starts(train_chips, tmp
     assert np.abs(session.run(None, {"image": raw})[0] - expected.numpy()).max() < 1e-4
     # --resume after member 2 was lost: member 1 is complete and kept, member 2 is trained again alike
     shutil.rmtree(run / "member2")
-    train(train_chips, run, TrainConfig(**{**FAST, "members": 2, "resume": True}))
+    train(train_chips, run, TrainConfig(**{**POOLED, "members": 2, "resume": True}))
     resumed = load_model(run / "model.sparsecover").network.members
     for before, after in zip(model.network.members, resumed):
         for (key, x), (_, y) in zip(before.state_dict().items(), after.state_dict().items()):
