@@ -98,11 +98,7 @@ class PooledNetwork(nn.Module):
         self.spectral = spectral
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.context(x), x)
-
-    def pool(self, context_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The pooled log-probabilities, given the context network's logits for ``x``."""
-        return 0.5 * (torch.log_softmax(context_logits.float(), dim=1)
+        return 0.5 * (torch.log_softmax(self.context(x).float(), dim=1)
                       + torch.log_softmax(self.spectral(x).float(), dim=1))
 
 
