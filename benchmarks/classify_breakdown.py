@@ -35,20 +35,24 @@ import rasterio.shutil
 import torch
 
 from sparsecover import classify
+from sparsecover.classify import engine, outputs, schedule
 from sparsecover.raster import gdal_env
 from sparsecover.stack import stack_bands
 
-STAGES = {  # classify's function -> label
-    "read_tile": "read tiles (reading threads, summed)",
-    "Predictor.batch": "copy batch to the device (main)",
-    "Predictor._forward": "forward + argmax + copy back (main)",
-    "_Outputs.prepare": "prepare strips (preparing threads, summed)",
-    "_Outputs.write": "write strips (writer thread)",
-    "_Outputs._checkpoint": "  of which checkpoints",
-    "_Outputs.finish": "COG conversion (main, at the end)",
-    "load_model": "load model (main)",
-    "check_raster": "check data contract (main)",
+READ = "read tiles (reading threads, summed)"
+STAGES = {  # classify's functions, as the module that calls them names them -> label
+    "schedule.read_tile": READ,
+    "engine.read_tile": READ,  # reached through read_run on a GPU host
+    "engine.Predictor.batch": "copy batch to the device (main)",
+    "engine.Predictor._forward": "forward + argmax + copy back (main)",
+    "outputs.Outputs.prepare": "prepare strips (preparing threads, summed)",
+    "outputs.Outputs.write": "write strips (writer thread)",
+    "outputs.Outputs._checkpoint": "  of which checkpoints",
+    "outputs.Outputs.finish": "COG conversion (main, at the end)",
+    "classify.load_model": "load model (main)",
+    "classify.check_raster": "check data contract (main)",
 }
+MODULES = {"classify": classify, "engine": engine, "outputs": outputs, "schedule": schedule}
 
 
 class Timer:
@@ -79,10 +83,10 @@ class Timer:
 
     def install(self, device: str) -> None:
         for name, label in STAGES.items():
-            owner, _, attribute = name.rpartition(".")
-            target = getattr(classify, owner) if owner else classify
+            module, *owner, attribute = name.split(".")
+            target = getattr(MODULES[module], owner[0]) if owner else MODULES[module]
             setattr(target, attribute, self.wrap(label, getattr(target, attribute),
-                                                 cuda=name == "Predictor.batch" and device == "cuda"))
+                                                 cuda=name == "engine.Predictor.batch" and device == "cuda"))
         result = Future.result
         timer = self
 
@@ -91,7 +95,7 @@ class Timer:
             value = result(future, *args, **kwargs)
             if threading.current_thread() is not threading.main_thread():
                 label = "writer waits for prepared batches"
-            elif isinstance(value, list) and value and isinstance(value[0], classify.RawTile):
+            elif isinstance(value, list) and value and isinstance(value[0], engine.RawTile):
                 label = "wait for reads (main)"
             else:
                 label = "wait for the writer (main)"
@@ -121,9 +125,9 @@ def main() -> None:
     if not args.data.is_dir():
         sys.exit(f"benchmark data not found: {args.data}")
     if args.readers is not None:
-        classify._readers = lambda device: args.readers
+        schedule.reading_threads = lambda device: args.readers
     timer = Timer()
-    forward = classify.Predictor._forward
+    forward = engine.Predictor._forward
     timer.install(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -143,7 +147,7 @@ def main() -> None:
         print(f"classify_breakdown: {device}; bare forward {bare:.1f} MP/s (best batch); input {Path(raster).name}")
         runs = [("classify, defaults", forward), ("pipeline alone (no network)", classify_speed.no_network)]
         for label, network in runs[args.pipeline_only:]:
-            classify.Predictor._forward = timer.wrap(STAGES["Predictor._forward"], network)
+            engine.Predictor._forward = timer.wrap(STAGES["engine.Predictor._forward"], network)
             timer.seconds.clear()
             timer.cpu.clear()
             timer.calls.clear()
@@ -153,7 +157,7 @@ def main() -> None:
             classify.classify_pixels(raster, package, tmp / "out.tif", device=args.device, progress=False,
                                      overwrite=True)
             wall, cpu = time.perf_counter() - start, _process_cpu() - cpu
-            readers = classify._readers(torch.device(args.device))
+            readers = schedule.reading_threads(torch.device(args.device))
             print(f"\n{label}: {mp:.0f} MP in {wall:.2f} s = {mp / wall:.1f} MP/s = {mp / wall / bare:.3f} of bare; "
                   f"{readers} reading threads; process CPU {cpu:.2f} s = {cpu / mp * 1000:.1f} ms per MP")
             print(f"  {'stage':<42}{'seconds':>8}  {'% of wall':>9}  {'CPU s':>6}  {'calls':>6}")

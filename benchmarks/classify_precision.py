@@ -18,7 +18,8 @@ from pathlib import Path
 
 import rasterio
 
-from sparsecover.classify import classify_pixels, cpu_has_bf16
+from sparsecover.classify import classify_pixels
+from sparsecover.classify.engine import cpu_has_bf16
 
 
 def main() -> None:

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from sparsecover.classify import MULTIPLE, classify_pixels, plan_blocks
+from sparsecover.classify import classify_pixels
+from sparsecover.classify.plan import MULTIPLE, plan_blocks
 
 
 def mirrored(scene: Path, times: int, out: Path) -> Path:

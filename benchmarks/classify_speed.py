@@ -94,7 +94,7 @@ def make_package(folder: Path, stack: Path) -> Path:
 def bare_forward(package: Path, device: str, batch: int, size: int, tiles: int = 12, precision: str = "auto") -> float:
     """MP/s of the network alone on random ``size`` px tiles in batches of ``batch``, at ``precision``
     as classify resolves it (auto: bf16 on CUDA and on CPUs with native bf16)."""
-    from sparsecover.classify import use_bf16
+    from sparsecover.classify.engine import use_bf16
     from sparsecover.predict import load_model
 
     bf16 = use_bf16(precision, torch.device(device), "torch")
@@ -129,7 +129,7 @@ def no_network(predictor, x: torch.Tensor) -> np.ndarray:
 
 
 NO_NETWORK = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import classify_speed;"
-              "from sparsecover.classify import Predictor; Predictor._forward = classify_speed.no_network;")
+              "from sparsecover.classify.engine import Predictor; Predictor._forward = classify_speed.no_network;")
 
 
 def run_classify(raster: Path, package: Path, out: Path, extra: list[str],
@@ -176,7 +176,7 @@ def main() -> None:
     plain = {"device": args.device, **settings}
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     shown = ", ".join(f"{k} {v}" for k, v in settings.items()) or "classify defaults"
-    from sparsecover.classify import use_bf16
+    from sparsecover.classify.engine import use_bf16
 
     precision = "bf16" if use_bf16("auto", torch.device(args.device), "torch") else "fp32"
     print(f"classify_speed: Sentinel-2 4-band uint16 scene (s2_10m) repeated by VRT tiling; ResNet34 U-Net, "

@@ -295,6 +295,13 @@ def test_cli_classifies_several_rasters_into_a_folder(trained, train_chips, tmp_
     assert polygons.pixels.min() >= 3 and polygons.pixels.sum() == (rasterio.open(maps / "second.tif").read(1) > 0).sum()
     result = CliRunner().invoke(cli, ["classify", str(first), str(second), str(trained), "--out", str(tmp_path / "x.tif")])
     assert result.exit_code == 2 and "must be existing folders" in result.output
+    # the Python API fans out the same way
+    from sparsecover import classify_rasters
+
+    (tmp_path / "api").mkdir()
+    written = classify_rasters([first, second], trained, tmp_path / "api", tile_size=64, padding=16, progress=False)
+    assert [w["classes"] for w in written] == [tmp_path / "api" / "first.tif", tmp_path / "api" / "second.tif"]
+    assert np.array_equal(rasterio.open(written[0]["classes"]).read(1), rasterio.open(maps / "first.tif").read(1))
 
 
 def test_full_disk_gives_one_line_and_leaves_nothing(trained, tmp_path):
@@ -347,7 +354,7 @@ def test_a_failed_flush_of_cached_blocks_raises(tmp_path):
 
 
 def test_blocks_cover_the_raster_once_with_padding_context_inside_it():
-    from sparsecover.classify import MULTIPLE, plan_blocks
+    from sparsecover.classify.plan import MULTIPLE, plan_blocks
     from sparsecover.overviews import ALIGNED
 
     rng = np.random.default_rng(0)
@@ -393,7 +400,7 @@ def test_threaded_reading_gives_the_same_map(trained, train_chips, tmp_path, mon
     cores several threads prepare the batches the writer writes: same map, nodata holes and a
     batch that does not divide the tile count included; and the same map whether cores are
     written one by one or joined into strips (batch size 1 vs 3)."""
-    import sparsecover.classify as classify_module
+    from sparsecover.classify import schedule
 
     with rasterio.open(train_chips.parent / "classes_scene.tif") as src:
         data = src.read()
@@ -401,8 +408,8 @@ def test_threaded_reading_gives_the_same_map(trained, train_chips, tmp_path, mon
     scene = write_raster(tmp_path / "holed.tif", data, nodata=0)
     inline = classify_pixels(scene, trained, tmp_path / "inline.tif", tile_size=64, padding=16, batch_size=1,
                              progress=False)
-    monkeypatch.setattr(classify_module, "_readers", lambda device: 2)
-    monkeypatch.setattr(classify_module, "_preparers", lambda: 3)  # as on a 12-15 core host
+    monkeypatch.setattr(schedule, "reading_threads", lambda device: 2)
+    monkeypatch.setattr(schedule, "preparing_threads", lambda: 3)  # as on a 12-15 core host
     threaded = classify_pixels(scene, trained, tmp_path / "threaded.tif", tile_size=64, padding=16, batch_size=3,
                                progress=False)
     assert np.array_equal(rasterio.open(inline).read(1), rasterio.open(threaded).read(1))
@@ -411,7 +418,8 @@ def test_threaded_reading_gives_the_same_map(trained, train_chips, tmp_path, mon
 def test_tiles_read_as_runs_equal_tiles_read_one_by_one(train_chips, tmp_path):
     """The reading threads read the tiles side by side in a tile row as one window and cut it
     apart: the same values and validity as reading each tile, at the raster's edges and nodata too."""
-    from sparsecover.classify import plan_blocks, read_run, read_tile, tile_runs
+    from sparsecover.classify.engine import read_run, read_tile
+    from sparsecover.classify.plan import plan_blocks, tile_runs
 
     with rasterio.open(train_chips.parent / "classes_scene.tif") as src:
         data = src.read()
@@ -436,7 +444,7 @@ def test_a_batch_out_of_gpu_memory_is_split_in_halves(trained, train_chips, tmp_
     torch's own OutOfMemoryError for batches over 1 tile.)"""
     import torch
 
-    from sparsecover.classify import Predictor
+    from sparsecover.classify.engine import Predictor
 
     scene = train_chips.parent / "classes_scene.tif"
     whole = classify_pixels(scene, trained, tmp_path / "whole.tif", tile_size=64, padding=16, batch_size=4,
@@ -512,7 +520,7 @@ def test_bf16_maps_agree_with_fp32_and_auto_follows_the_cpu(trained, train_chips
     """bf16 autocast on the CPU changes few pixels; auto picks it only where the CPU has native bf16."""
     import torch
 
-    from sparsecover.classify import cpu_has_bf16, use_bf16
+    from sparsecover.classify.engine import cpu_has_bf16, use_bf16
 
     scene = train_chips.parent / "classes_scene.tif"
     maps = {p: rasterio.open(classify_pixels(scene, trained, tmp_path / f"{p}.tif", tile_size=64, padding=16,

@@ -13,8 +13,9 @@ from click.testing import CliRunner
 
 from sparsecover import SparsecoverError, open_chip_dataset
 from sparsecover.cli import cli
-from sparsecover.package import EMD, ONNX, WEIGHTS, export_onnx, onnx_session, read_package, save_package
 from sparsecover.classify import classify_pixels
+from sparsecover.modelfile import EMD, ONNX, WEIGHTS, read_package
+from sparsecover.package import export_onnx, onnx_session, save_package
 from sparsecover.predict import load_model
 from sparsecover.train import TrainConfig, train
 
@@ -133,7 +134,7 @@ def test_damaged_packages_give_one_clear_line(run, tmp_path):
     with pytest.raises(SparsecoverError, match=r"weights.safetensors does not match its checksum"):
         load_model(tampered)
     newer = _rewrite(good, tmp_path / "newer.sparsecover", meta_update={"schema_version": 2})
-    with pytest.raises(SparsecoverError, match=r"package schema 2 is newer than this sparsecover reads"):
+    with pytest.raises(SparsecoverError, match=r"model schema 2 is newer than this sparsecover reads"):
         load_model(newer)
     text = tmp_path / "text.sparsecover"
     text.write_text("hello")

@@ -187,7 +187,8 @@ def test_tiled_classification_agrees_with_one_pass(nc_model, nc_export, tmp_path
     on the real scene mirrored 3 x 3 (1467 x 1329 px: 2 x 2 tiles). This test's model is a cheap one
     (ResNet18, 6 epochs) and leans on context more than a trained default does: 99.56 % here;
     benchmarks/classify_seams.py measures other settings with the default model."""
-    from sparsecover.classify import classify_pixels, plan_blocks
+    from sparsecover.classify import classify_pixels
+    from sparsecover.classify.plan import plan_blocks
 
     scene, _, _ = nc_export
     with rasterio.open(scene) as src:

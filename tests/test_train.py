@@ -314,7 +314,7 @@ def test_a_shallow_encoder_keeps_only_the_stages_it_uses():
     from safetensors.torch import save
 
     from sparsecover.model import build_model
-    from sparsecover.predict import network_from
+    from sparsecover.model import network_from
 
     network = build_model(4, 3, "resnet34", encoder_depth=3).eval()
     assert not [k for k in network.state_dict() if k.startswith(("encoder.layer3.", "encoder.layer4."))]

@@ -30,6 +30,7 @@ _LAZY = {
     "ChipDataset": "chips",
     "open_chip_dataset": "chips",
     "classify_pixels": "classify",
+    "classify_rasters": "classify",
     "export_training_data": "export",
     "load_model": "predict",
     "stack_bands": "stack",
@@ -40,7 +41,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from .api import TrainingData, UnetClassifier, prepare_data
     from .chips import ChipDataset, open_chip_dataset
-    from .classify import classify_pixels
+    from .classify import classify_pixels, classify_rasters
     from .export import export_training_data
     from .predict import load_model
     from .stack import stack_bands

@@ -16,7 +16,8 @@ from .combine import open_chip_datasets
 from .errors import SparsecoverError
 from .predict import LoadedModel
 from .runfolder import MODEL_DIR
-from .train import DEFAULT_LR, TrainConfig, find_lr, prepare, train
+from .train import find_lr, prepare, train
+from .trainconfig import DEFAULT_LR, TrainConfig
 
 
 class TrainingData:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -17,6 +18,9 @@ from rich.text import Text
 
 from . import __version__
 from .errors import SparsecoverError, SparsecoverWarning
+from .trainconfig import TrainConfig
+
+TRAIN = TrainConfig()  # `train`'s and `lr-find`'s option defaults are the training settings' own
 
 err_console = Console(stderr=True, highlight=False)
 out_console = Console(highlight=False, soft_wrap=True)  # paths stay on one line (copy-paste) when piped
@@ -51,6 +55,14 @@ def _split(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",")] if text else None
 
 
+# options several commands share, defined once (as rasterio's `rio` does)
+overwrite_option = click.option("--overwrite", is_flag=True, help="Replace the outputs if they exist.")
+
+
+def quiet_option(help: str = "No progress bars.") -> Callable:
+    return click.option("-q", "--quiet", is_flag=True, help=help)
+
+
 @cli.command()
 @click.argument("bands", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
@@ -61,7 +73,7 @@ def _split(text: str | None) -> list[str] | None:
 @click.option("--resample", help="Align files on another grid to the first file's grid with this "
               "method (nearest, bilinear, cubic, average, ...).")
 @click.option("--cog", is_flag=True, help="Write a tiled, compressed Cloud-Optimized GeoTIFF instead of a VRT.")
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@overwrite_option
 def stack(bands, output, assets, band_names, resample, cog, overwrite) -> None:
     """Stack one-file-per-band rasters (Landsat, Sentinel-2), or the assets of a STAC item (ITEM.json,
     a file or URL), into one multiband raster."""
@@ -87,8 +99,8 @@ def stack(bands, output, assets, band_names, resample, cog, overwrite) -> None:
 @click.option("--class-colors", help="Colours as VALUE=#rrggbb,... (default: a label raster's colour table, "
               "else a land-cover palette).")
 @click.option("--workers", type=int, help="Threads for reading and writing (default: cores, at most 4).")
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars; one summary line instead of the tables.")
+@overwrite_option
+@quiet_option("No progress bars; one summary line instead of the tables.")
 def export(rasters, labels, class_field, class_name_field, out, tile_size, stride, all_tiles,
            class_names, class_colors, workers, overwrite, quiet) -> None:
     """Export image and label chips (a chip dataset) from raster(s) and labels."""
@@ -108,33 +120,34 @@ def export(rasters, labels, class_field, class_name_field, out, tile_size, strid
 def _train_options(func):
     """Options shared by `train` and `lr-find` (they must prepare data the same way)."""
     options = [
-        click.option("--backbone", default="resnet34", show_default=True, help="Encoder (any segmentation-models-pytorch encoder)."),
-        click.option("--architecture", default="unet", show_default=True, help="unet, unetplusplus, fpn or deeplabv3plus."),
-        click.option("--encoder-depth", default=3, show_default=True, type=click.IntRange(3, 5),
+        click.option("--backbone", default=TRAIN.backbone, show_default=True, help="Encoder (any segmentation-models-pytorch encoder)."),
+        click.option("--architecture", default=TRAIN.architecture, show_default=True, help="unet, unetplusplus, fpn or deeplabv3plus."),
+        click.option("--encoder-depth", default=TRAIN.encoder_depth, show_default=True, type=click.IntRange(3, 5),
                      help="Encoder stages kept (3-5): fewer = smaller receptive field and model, steadier from few polygons."),
-        click.option("--patch-size", default=128, show_default=True, type=click.IntRange(0),
+        click.option("--patch-size", default=TRAIN.patch_size or 0, show_default=True, type=click.IntRange(0),
                      help="Train on random patches of this size (a multiple of 32) cut from larger chips; 0 = whole chips."),
-        click.option("--spectral/--no-spectral", default=True, show_default=True,
+        click.option("--spectral/--no-spectral", default=TRAIN.spectral, show_default=True,
                      help="Pool the network with a per-pixel model of the same labelled pixels (like a random "
                           "forest's), so the map holds where the scene looks unlike the polygons' surroundings."),
-        click.option("--unlabelled-weight", default=1.0, show_default=True, type=click.FloatRange(0),
+        click.option("--unlabelled-weight", default=TRAIN.unlabelled_weight, show_default=True, type=click.FloatRange(0),
                      help="Weight of the pseudo-label loss on unlabelled pixels (semi-supervised); 0 = off."),
-        click.option("--pseudo-threshold", default=0.9, show_default=True, type=click.FloatRange(0, 1),
+        click.option("--pseudo-threshold", default=TRAIN.pseudo_threshold, show_default=True, type=click.FloatRange(0, 1),
                      help="Confidence a prediction needs to become a pseudo-label."),
-        click.option("--batch-size", default=8, show_default=True),
-        click.option("--val-fraction", default=0.2, show_default=True, help="Share of spatial groups (polygons) per class held out."),
+        click.option("--batch-size", default=TRAIN.batch_size, show_default=True),
+        click.option("--val-fraction", default=TRAIN.val_fraction, show_default=True, help="Share of spatial groups (polygons) per class held out."),
         click.option("--ignore-classes", help="Class values to leave out of loss and metrics, e.g. 0,7 (0 always is)."),
-        click.option("--class-weights", type=click.Choice(["auto", "none"]), default="auto", show_default=True,
+        click.option("--class-weights", type=click.Choice(["auto", "none"]), default=TRAIN.class_weights, show_default=True,
                      help="auto: weight the loss by inverse class pixel frequency."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True),
-        click.option("--precision", type=click.Choice(["32", "16-mixed", "bf16-mixed"]), default="32", show_default=True),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=TRAIN.device, show_default=True),
+        click.option("--precision", type=click.Choice(["32", "16-mixed", "bf16-mixed"]), default=TRAIN.precision,
+                     show_default=True),
         click.option("--weights", help="none (default), imagenet (downloads once), or a run folder / .safetensors / .pt to fine-tune."),
         click.option("--bands", help="Bands to use, by name or 1-based number, e.g. red,green,blue,nir."),
         click.option("--imagery-type", type=click.Choice(["naip", "landsat8", "sentinel2", "ms", "multispectral"]),
                      help="arcgis.learn-style preset naming the bands."),
-        click.option("--seed", default=42, show_default=True),
-        click.option("--workers", default=0, show_default=True, help="DataLoader worker processes."),
-        click.option("-q", "--quiet", is_flag=True, help="No progress bars or epoch table."),
+        click.option("--seed", default=TRAIN.seed, show_default=True),
+        click.option("--workers", default=TRAIN.workers, show_default=True, help="DataLoader worker processes."),
+        quiet_option("No progress bars or epoch table."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -142,8 +155,6 @@ def _train_options(func):
 
 
 def _config(**kw):
-    from .train import TrainConfig
-
     ignore = [int(v) for v in _split(kw.pop("ignore_classes")) or [] if v != "0"]
     bands = _split(kw.pop("bands"))
     return TrainConfig(ignore_classes=ignore, bands=bands, **kw)
@@ -152,16 +163,16 @@ def _config(**kw):
 @cli.command()
 @click.argument("chips", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder.")
-@click.option("--epochs", default=10, show_default=True)
-@click.option("--lr", default="0.001", show_default=True,
+@click.option("--epochs", default=TRAIN.epochs, show_default=True)
+@click.option("--lr", default=str(TRAIN.lr), show_default=True,
               help="Peak learning rate, or auto to run the LR finder first (its suggestion capped at 0.003).")
 @click.option("--early-stopping", type=int, help="Stop after N epochs without a better validation loss.")
-@click.option("--devices", default=1, show_default=True, help="Devices (GPUs or CPU processes) per node; >1 uses DDP.")
-@click.option("--num-nodes", default=1, show_default=True, help="Machines for multi-node DDP.")
-@click.option("--strategy", default="auto", show_default=True, help="Lightning strategy: auto, ddp, ddp_spawn, fsdp, ...")
+@click.option("--devices", default=TRAIN.devices, show_default=True, help="Devices (GPUs or CPU processes) per node; >1 uses DDP.")
+@click.option("--num-nodes", default=TRAIN.num_nodes, show_default=True, help="Machines for multi-node DDP.")
+@click.option("--strategy", default=TRAIN.strategy, show_default=True, help="Lightning strategy: auto, ddp, ddp_spawn, fsdp, ...")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out with the same settings.")
 @click.option("--onnx", is_flag=True, help="Also put model.onnx (and an Esri .emd) into the model package.")
-@click.option("--members", default=1, show_default=True, type=click.IntRange(1),
+@click.option("--members", default=TRAIN.members, show_default=True, type=click.IntRange(1),
               help="Train this many networks from different random starts and package their average "
                    "(an ensemble): steadier maps from few polygons; costs this many times the training "
                    "and classify time.")
@@ -233,8 +244,8 @@ def lr_find(chips, out, **kw) -> None:
 @click.option("--workers", type=int, help="Start a local Dask cluster with N worker processes.")
 @click.option("--dask-scheduler", help="Address of a running Dask scheduler (tcp://host:8786).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its finished blocks.")
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@overwrite_option
+@quiet_option("No progress bar.")
 def classify(rasters, out, tile_size, padding, batch_size, tta, confidence, probabilities, uncertainty, vector,
              min_area, class_prior, aoi, device, engine, precision, workers, dask_scheduler, resume, overwrite,
              quiet) -> None:
@@ -243,30 +254,18 @@ def classify(rasters, out, tile_size, padding, batch_size, tta, confidence, prob
     Several rasters give one output each, in the --out folder (and the --confidence, --uncertainty,
     --probabilities, --vector folders), named after the raster. To get one map of a mosaic, classify a VRT of the tiles instead.
     """
-    from .classify import classify_pixels
+    from .classify import classify_rasters
 
     if len(rasters) < 2:
         raise SparsecoverError("classify needs RASTER [RASTER...] MODEL: a raster and a model package or run folder")
     *inputs, model = rasters
-    extras = {"confidence": confidence, "uncertainty": uncertainty, "probabilities": probabilities, "vector": vector}
-    extras = {k: v for k, v in extras.items() if v}
-    jobs = [(inputs[0], out, extras)]
-    if len(inputs) > 1:
-        for folder in (out, *extras.values()):
-            if not folder.is_dir():
-                raise SparsecoverError(f"{folder}: with several rasters, --out (and --confidence, --uncertainty, "
-                                       "--probabilities, --vector) must be existing folders")
-        names = [r.stem for r in inputs]
-        if len(set(names)) < len(names):
-            raise SparsecoverError("several input rasters share a file name; their outputs would collide")
-        jobs = [(r, out / f"{r.stem}.tif", {k: v / f"{r.stem}{'.gpkg' if k == 'vector' else '.tif'}"
-                                            for k, v in extras.items()}) for r in inputs]
-    for raster, target, paths in jobs:
-        path = classify_pixels(raster, model, target, tile_size=tile_size, padding=padding, batch_size=batch_size,
-                               tta=tta, class_prior=class_prior, aoi=aoi, device=device, engine=engine, workers=workers,
-                               dask_scheduler=dask_scheduler, resume=resume, overwrite=overwrite, progress=not quiet,
-                               min_area=min_area, precision=precision, **paths)
-        out_console.print(f"wrote {path}" + "".join(f" and {p}" for p in paths.values()))
+    written = classify_rasters(inputs, model, out, confidence=confidence, uncertainty=uncertainty,
+                               probabilities=probabilities, vector=vector, tile_size=tile_size, padding=padding,
+                               batch_size=batch_size, tta=tta, class_prior=class_prior, aoi=aoi, device=device,
+                               engine=engine, workers=workers, dask_scheduler=dask_scheduler, resume=resume,
+                               overwrite=overwrite, progress=not quiet, min_area=min_area, precision=precision)
+    for paths in written:
+        out_console.print("wrote " + " and ".join(str(p) for p in paths.values()))
 
 
 @cli.command()
@@ -281,8 +280,8 @@ def classify(rasters, out, tile_size, padding, batch_size, tta, confidence, prob
 @click.option("--seed", default=0, show_default=True, help="Breaks ties between equally uncertain places.")
 @click.option("--tile-size", default=1024, show_default=True, help="As for classify.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@overwrite_option
+@quiet_option("No progress bar.")
 def suggest(raster, model, out, n, size, labels, uncertainty, class_field, seed, tile_size, device, overwrite,
             quiet) -> None:
     """Where to label next: squares where MODEL is least sure on RASTER, spread out, every class covered.
@@ -307,8 +306,8 @@ def suggest(raster, model, out, n, size, labels, uncertainty, class_field, seed,
               "shared edges (no gaps or overlaps).")
 @click.option("--classes", help="Only these class values, e.g. 3,5.")
 @click.option("--layer", help="Layer name [default: the file's name].")
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@overwrite_option
+@quiet_option()
 def vectorize(classified, out, min_area, simplify, classes, layer, overwrite, quiet) -> None:
     """Polygons of a class map: one per patch of connected pixels (sharing an edge) of one class, with
     class name, area and perimeter, in the map's colours when opened in QGIS."""
@@ -331,7 +330,7 @@ def vectorize(classified, out, min_area, simplify, classes, layer, overwrite, qu
 @click.option("--class-field", help="Class field of reference polygons / points.")
 @click.option("--exclude", type=click.Path(path_type=Path), help="Polygons whose pixels are not scored (training polygons).")
 @click.option("--out", type=click.Path(path_type=Path), help="Folder for metrics.json and the confusion matrix files.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@quiet_option("No progress bar.")
 def evaluate(target, reference, class_field, exclude, out, quiet) -> None:
     """Accuracy of a classified raster against a reference, or of a model on its validation split."""
     from .evaluate import evaluate_map, evaluate_run
@@ -373,7 +372,7 @@ def report(run, classified, evaluation, uncertainty, suggestions, vector, out) -
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Package file (.sparsecover).")
 @click.option("--onnx", is_flag=True, help="Include model.onnx and model.emd.")
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@overwrite_option
 def package(source, out, onnx, overwrite) -> None:
     """Write the one-file model package from a training run (or repackage a package)."""
     from .package import save_package
@@ -384,7 +383,7 @@ def package(source, out, onnx, overwrite) -> None:
 @cli.command("export-onnx")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="ONNX file (default: beside the model).")
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@overwrite_option
 def export_onnx_command(model, out, overwrite) -> None:
     """Export a model to ONNX (raw band values in, probabilities out) with Deepness metadata and an Esri .emd."""
     from .package import export_onnx
@@ -429,9 +428,10 @@ def info(path: Path) -> None:
         _print_map(path)
         return
     if path.is_file():
-        from .package import describe_package, read_package
+        from .modelfile import read_package
+        from .package import describe_package
 
-        meta, _ = read_package(path)
+        meta, _ = read_package(path)  # every member verified: `info` is also how a copied package is checked
         for label, text in describe_package(meta):
             out_console.print(Text.assemble((f"{label:>15}: ", "bold"), text))
         classes = Table(title="classes", title_justify="left")
@@ -451,8 +451,8 @@ def info(path: Path) -> None:
               help="Folder for every artifact of the demo.")
 @click.option("--epochs", default=8, show_default=True, help="Training epochs.")
 @click.option("--backbone", default="resnet18", show_default=True, help="Encoder for the demo model.")
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@overwrite_option
+@quiet_option()
 def demo(out: Path, epochs: int, backbone: str, overwrite: bool, quiet: bool) -> None:
     """Run the pipeline on the built-in North Carolina Landsat scene and its 34 polygons."""
     from .demo import run_demo

@@ -276,9 +276,9 @@ def evaluate_run(run: str | Path, out: str | Path | None = None) -> dict:
     """A training run's (or package's) validation metrics, with the confusion matrix files."""
     run = Path(run)
     if run.is_file():
-        from .package import read_package
+        from .modelfile import open_model
 
-        summary = (read_package(run, wanted=())[0].get("training") or {}).get("validation_metrics")
+        summary = (open_model(run, with_weights=False)[0].get("training") or {}).get("validation_metrics")
     else:
         path = run / "metrics.json"
         summary = json.loads(path.read_text()) if path.exists() else None

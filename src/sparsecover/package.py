@@ -1,10 +1,11 @@
-"""The model package: one self-describing zip file (``.sparsecover``), and its ONNX / Esri exports.
+"""The model package (``.sparsecover``) made from a run, and the model's ONNX and Esri exports.
 
-Members: ``model.json`` (everything inference and a reader need: architecture, bands, normalisation,
-classes with names and colours, tile size, padding, training summary and metrics, versions, and the
-sha256 of every other member), ``weights.safetensors``, and optionally ``model.onnx`` with its Esri
-model definition ``model.emd``. Loading validates it: a truncated zip, a missing member, a checksum
-that does not match or a newer schema each stop with one line.
+The package is one self-describing zip file: ``model.json`` (everything inference and a reader need:
+architecture, bands, normalisation, classes with names and colours, tile size, padding, training
+summary and metrics, versions, and the sha256 of every other member), ``weights.safetensors``, and
+optionally ``model.onnx`` with its Esri model definition ``model.emd``. :mod:`sparsecover.modelfile`
+reads and writes it; loading validates it: a truncated zip, a missing member, a checksum that does
+not match or a newer schema each stop with one line.
 
 The ONNX graph takes *raw* band values (float32, N x bands x H x W, any H and W that are multiples of
 32) and returns class probabilities (N x classes x H x W): the percentile clip and standardisation
@@ -15,37 +16,18 @@ plugin, which scales 8-bit input to 0..1 and then standardises with the ``standa
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
-import zipfile
-from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import SparsecoverError
-from .staging import staging_file
+from .modelfile import EMD, ONNX, SUFFIX, WEIGHTS, ModelJson, open_model, write_package
 
 if TYPE_CHECKING:
     import torch
-
-SUFFIX = ".sparsecover"
-SCHEMA_MAJOR = 1
-MODEL_JSON, WEIGHTS, ONNX, EMD = "model.json", "weights.safetensors", "model.onnx", "model.emd"
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _model_folder(path: Path) -> Path:
-    folder = path / "model" if (path / "model" / MODEL_JSON).exists() else path
-    if not (folder / MODEL_JSON).exists() or not (folder / WEIGHTS).exists():
-        raise SparsecoverError(f"{path}: not a training run or model folder (no {MODEL_JSON} + {WEIGHTS})")
-    return folder
 
 
 def save_package(source: str | Path, out: str | Path, onnx: bool = False, overwrite: bool = False) -> Path:
@@ -55,72 +37,17 @@ def save_package(source: str | Path, out: str | Path, onnx: bool = False, overwr
         out = out.with_name(out.name + SUFFIX)
     if out.exists() and not overwrite:
         raise SparsecoverError(f"{out}: already exists; pass --overwrite to replace it")
-    if source.is_file():
-        meta, members = read_package(source)
-    else:
-        folder = _model_folder(source)
-        meta = json.loads((folder / MODEL_JSON).read_text())
-        members = {WEIGHTS: (folder / WEIGHTS).read_bytes()}
-    members = {k: v for k, v in members.items() if k in (WEIGHTS,)}
+    meta, weights = open_model(source)
+    members = {WEIGHTS: weights}
     if onnx:
-        from .predict import network_from
+        from .model import network_from
 
-        members[ONNX] = onnx_bytes(meta, network_from(meta, members[WEIGHTS]))
+        members[ONNX] = onnx_bytes(meta, network_from(meta, weights))
         members[EMD] = json.dumps(esri_definition(meta, ONNX), indent=1).encode()
-    meta = {**meta, "members": {name: _sha256(data) for name, data in members.items()}}
-    tmp = staging_file(out)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr(MODEL_JSON, json.dumps(meta, indent=1))
-            for name, data in members.items():
-                # weights barely compress (7 %) and deflate costs ~0.3 s at every load: store them
-                archive.writestr(name, data, compress_type=zipfile.ZIP_STORED if name in (WEIGHTS, ONNX) else None)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return write_package(out, meta, members)
 
 
-def read_package(path: str | Path, wanted: Collection[str] | None = None) -> tuple[dict, dict[str, bytes]]:
-    """model.json and the verified members of a package (those in ``wanted``; all by default); every
-    kind of damage is a one-line error. Classify wants only the weights: reading and hashing the
-    ONNX member too doubled the time to load a ResNet34 package."""
-    path = Path(path)
-    if not path.exists():
-        raise SparsecoverError(f"{path}: model package not found")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-            if MODEL_JSON not in names:
-                raise SparsecoverError(f"{path}: not a sparsecover model package (no {MODEL_JSON} inside)")
-            meta = json.loads(archive.read(MODEL_JSON))
-            major = int(str(meta.get("schema_version", 0)).split(".")[0])
-            if major > SCHEMA_MAJOR:
-                raise SparsecoverError(
-                    f"{path}: package schema {meta['schema_version']} is newer than this sparsecover "
-                    f"reads ({SCHEMA_MAJOR}); upgrade sparsecover"
-                )
-            members = {}
-            for name, digest in meta.get("members", {}).items():
-                if wanted is not None and name not in wanted:
-                    continue
-                if name not in names:
-                    raise SparsecoverError(f"{path}: member {name} is missing; the package is incomplete")
-                data = archive.read(name)
-                if _sha256(data) != digest:
-                    raise SparsecoverError(f"{path}: {name} does not match its checksum; the package is damaged")
-                members[name] = data
-    except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, ValueError, KeyError) as exc:
-        raise SparsecoverError(
-            f"{path}: not a readable model package ({exc}); the file may be truncated: copy it again"
-        ) from None
-    if WEIGHTS not in meta.get("members", {}):
-        raise SparsecoverError(f"{path}: member {WEIGHTS} is missing; the package is incomplete")
-    return meta, members
-
-
-def deepness_metadata(meta: dict) -> dict[str, str]:
+def deepness_metadata(meta: ModelJson) -> dict[str, str]:
     """The metadata keys QGIS Deepness reads for a segmentation model (values JSON-encoded)."""
     bands = meta["input_channels"]
     tile = int(meta["tile_size"])
@@ -138,7 +65,7 @@ def deepness_metadata(meta: dict) -> dict[str, str]:
     return {key: json.dumps(value) for key, value in values.items()}
 
 
-def onnx_bytes(meta: dict, network: torch.nn.Module) -> bytes:
+def onnx_bytes(meta: ModelJson, network: torch.nn.Module) -> bytes:
     """Export to ONNX with dynamic batch and spatial size, raw-value input, and Deepness metadata."""
     import onnx
     import torch
@@ -164,7 +91,7 @@ def onnx_bytes(meta: dict, network: torch.nn.Module) -> bytes:
     return model.SerializeToString()
 
 
-def esri_definition(meta: dict, model_file: str) -> dict:
+def esri_definition(meta: ModelJson, model_file: str) -> dict:
     """An Esri model definition (.emd) for the ONNX model, with the fields ArcGIS users know."""
     return {
         "Framework": "ONNX",
@@ -188,15 +115,10 @@ def esri_definition(meta: dict, model_file: str) -> dict:
 
 def export_onnx(model: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path:
     """Write ``model.onnx`` (and ``model.emd`` beside it) from a package, run or model folder."""
-    from .predict import network_from
+    from .model import network_from
 
     model = Path(model)
-    if model.is_file():
-        meta, members = read_package(model, wanted={WEIGHTS})
-        weights = members[WEIGHTS]
-    else:
-        folder = _model_folder(model)
-        meta, weights = json.loads((folder / MODEL_JSON).read_text()), (folder / WEIGHTS).read_bytes()
+    meta, weights = open_model(model)
     out = Path(out) if out else model.with_suffix(".onnx") if model.is_file() else model / "model.onnx"
     if out.exists() and not overwrite:
         raise SparsecoverError(f"{out}: already exists; pass --overwrite to replace it")
@@ -215,7 +137,7 @@ def onnx_session(data: bytes):
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
-def describe_package(meta: dict) -> list[tuple[str, str]]:
+def describe_package(meta: ModelJson) -> list[tuple[str, str]]:
     """(label, text) lines for `sparsecover info MODEL`."""
     training = meta.get("training", {})
     metrics = training.get("validation_metrics") or {}

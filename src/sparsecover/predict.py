@@ -3,8 +3,6 @@ raster against its data contract before anything is classified (:mod:`sparsecove
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +12,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from .errors import SparsecoverError, warn
+from .modelfile import ModelJson, open_model, weights_sha256
 from .raster import RasterSource, ThreadHandles, describe, gdal_env, open_raster, read_window, thread_pool
 
 if TYPE_CHECKING:  # PyTorch is imported where a network is built: `sparsecover check` needs none
@@ -26,7 +25,7 @@ if TYPE_CHECKING:  # PyTorch is imported where a network is built: `sparsecover 
 class LoadedModel:
     """A trained network with everything inference needs from model.json."""
 
-    meta: dict
+    meta: ModelJson
     network: torch.nn.Module
     normalisation: Normalisation
     weights_sha256: str = ""  # what the network is: classify --resume refuses another model at the same path
@@ -40,75 +39,31 @@ class LoadedModel:
         return band_indexes(self.meta)
 
 
-def band_indexes(meta: dict) -> list[int]:
+def band_indexes(meta: ModelJson) -> list[int]:
     """The raster bands (1-based) a model reads, in its input order."""
     return [b["source_index"] for b in meta["bands"]]
 
 
-def network_from(meta: dict, weights: bytes) -> torch.nn.Module:
-    """Rebuild the network that model.json describes and load its safetensors weights.
-
-    Built on the meta device (no memory, no random initialisation: 0.25 s of a ResNet34's load) and
-    given the stored tensors themselves (``assign``); every parameter and buffer is in the weights.
-    """
-    import torch
-    from safetensors.torch import load as load_safetensors
-
-    from .model import build_ensemble, without_dropped_stages
-
-    with torch.device("meta"):
-        network = build_ensemble(meta.get("ensemble", 1), num_bands=meta["input_channels"],
-                                 num_classes=len(meta["classes"]), backbone=meta["encoder"],
-                                 architecture=meta["architecture"], encoder_depth=meta.get("encoder_depth", 5),
-                                 spectral=bool(meta.get("spectral")))
-    try:
-        network.load_state_dict(without_dropped_stages(network, load_safetensors(weights)), assign=True)
-    except Exception as exc:
-        raise SparsecoverError(f"weights do not match model.json ({str(exc).splitlines()[0]})") from None
-    return network.eval()
-
-
-def _read_model(path: str | Path, with_weights: bool) -> tuple[dict, bytes | None]:
-    """model.json (schema checked) and, if asked, the weights of a package, run or model folder."""
-    from .package import MODEL_JSON, WEIGHTS, _model_folder, read_package
-
-    path = Path(path)
-    if path.is_file():
-        meta, members = read_package(path, wanted={WEIGHTS} if with_weights else ())
-        weights = members.get(WEIGHTS)
-    elif not path.exists():
-        raise SparsecoverError(f"{path}: model not found")
-    else:
-        folder = _model_folder(path)
-        meta = json.loads((folder / MODEL_JSON).read_text())
-        weights = (folder / WEIGHTS).read_bytes() if with_weights else None
-    if int(str(meta.get("schema_version", 0)).split(".")[0]) > 1:
-        raise SparsecoverError(f"{path}: model schema {meta['schema_version']} is newer than this sparsecover; upgrade it")
-    return meta, weights
-
-
-def load_meta(path: str | Path) -> dict:
+def load_meta(path: str | Path) -> ModelJson:
     """model.json of a ``.sparsecover`` package, a training run or its ``model/`` folder, without the
     weights: the data contract needs no network (`sparsecover check`, and classify checks the raster
     while the network loads)."""
-    return _read_model(path, with_weights=False)[0]
+    return open_model(path, with_weights=False)[0]
 
 
 def load_model(path: str | Path, device: str = "cpu") -> LoadedModel:
     """Rebuild a trained network, without the training data, from a ``.sparsecover`` package, a
     training run folder or its ``model/`` folder."""
     from .data import Normalisation
+    from .model import network_from
 
-    meta, weights = _read_model(path, with_weights=True)
+    meta, weights = open_model(path)
     norm = meta["normalisation"]
     normalisation = Normalisation(norm["low"], norm["high"], norm["mean"], norm["std"])
-    from .package import WEIGHTS
-
-    digest = meta.get("members", {}).get(WEIGHTS) or hashlib.sha256(weights).hexdigest()  # packages hold it
-    return LoadedModel(meta, network_from(meta, weights).to(device), normalisation, digest)
+    return LoadedModel(meta, network_from(meta, weights).to(device), normalisation, weights_sha256(meta, weights))
 
 
-def check_contract(source: RasterSource, meta: dict, sample: list[np.ndarray] | None = None) -> list[str]:
+def check_contract(source: RasterSource, meta: ModelJson, sample: list[np.ndarray] | None = None) -> list[str]:
     """Refuse what breaks the model's data contract (band count); warn where the input drifts.
 
     Drift checks: dtype, the median of each band against the training 1st-99th percentile range

@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import lightning as L
@@ -56,55 +56,17 @@ from .data import (
 from .errors import SparsecoverError
 from .metrics import summarize
 from .model import Ensemble, build_model, check_network, context_of, decision_offsets
+from .modelfile import SCHEMA_MAJOR, ModelJson, write_model_folder
 from .runfolder import CONFIG, LAST_CHECKPOINT, MODEL_DIR, PACKAGE_NAME, check_run_folder
 from .spectral import MAX_PIXELS, fit_spectral
+from .trainconfig import (DEFAULT_LR, RESUMABLE_DIFFERENCES, SETTINGS_BEFORE_THEY_EXISTED, TrainConfig,
+                          check_ranges)
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "valid_loss", "accuracy", "macro_f1", "lr", "time_s"]
-# Settings that may differ between a run and its --resume (the rest must match).
-RESUMABLE_DIFFERENCES = {"workers", "quiet", "resume", "onnx"}
-#: AdamW's learning rate for a network trained from scratch: the peak of the one-cycle schedule.
-DEFAULT_LR = 1e-3
 #: The LR finder's suggestion is capped here. On few chips its training loss can fall all the way
 #: to LR 1 (BatchNorm absorbs the steps) and it suggested 0.1 for 1 m NAIP, where validation loss
 #: then blew up to 1e14; 4.7e-3 blew up too (benchmarks/results/sparse_accuracy_2026-11-28.txt).
 MAX_SUGGESTED_LR = 3e-3
-# What a run made before a setting existed did (its config.json lacks the key).
-SETTINGS_BEFORE_THEY_EXISTED = {"members": 1, "patch_size": None, "spectral": False}
-
-
-@dataclass
-class TrainConfig:
-    """Every training setting; stored in config.json and compared on --resume."""
-
-    backbone: str = "resnet34"
-    architecture: str = "unet"
-    encoder_depth: int = 3
-    epochs: int = 10
-    lr: float | None = DEFAULT_LR  # None: run the LR finder first
-    batch_size: int = 8
-    val_fraction: float = 0.2
-    ignore_classes: list[int] = field(default_factory=list)
-    class_weights: str = "auto"  # auto | none
-    device: str = "auto"  # auto | cpu | cuda | mps
-    devices: int = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: str = "32"
-    weights: str | None = None  # none | imagenet | PATH
-    seed: int = 42
-    early_stopping: int | None = None
-    workers: int = 0
-    bands: list[str] | None = None
-    imagery_type: str | None = None
-    weight_decay: float = 1e-2
-    unlabelled_weight: float = 1.0  # weight of the pseudo-label loss on unlabelled pixels; 0 = supervised only
-    pseudo_threshold: float = 0.9  # confidence a pseudo-label needs
-    members: int = 1  # networks trained from other random starts and averaged (an ensemble); costs members x
-    patch_size: int | None = 128  # train on random patches of this size cut from larger chips; None = whole chips
-    spectral: bool = True  # pool the network with a per-pixel spectral model (model.PooledNetwork)
-    onnx: bool = False  # also put model.onnx (+ model.emd) into the package
-    quiet: bool = False
-    resume: bool = False
 
 
 @dataclass
@@ -126,26 +88,8 @@ ChipsArg = str | Path | list[str | Path] | ChipDataset  # one dataset folder, se
 
 
 def check_settings(config: TrainConfig) -> None:
-    """Refuse settings out of range before any work: the CLI and the Python API pass through here."""
-    rules = [
-        (config.epochs >= 1, f"--epochs must be at least 1, got {config.epochs}"),
-        (config.members >= 1, f"--members must be at least 1, got {config.members}"),
-        (config.batch_size >= 1, f"--batch-size must be at least 1, got {config.batch_size}"),
-        (0 <= config.val_fraction < 1, f"--val-fraction must be in [0, 1), got {config.val_fraction}"),
-        (config.lr is None or config.lr > 0, f"--lr must be a positive number or auto, got {config.lr}"),
-        (config.unlabelled_weight >= 0, f"--unlabelled-weight must be 0 or more, got {config.unlabelled_weight}"),
-        (0 <= config.pseudo_threshold <= 1, f"--pseudo-threshold must be in [0, 1], got {config.pseudo_threshold}"),
-        (config.weight_decay >= 0, f"weight_decay must be 0 or more, got {config.weight_decay}"),
-        (config.workers >= 0, f"--workers must be 0 or more, got {config.workers}"),
-        (config.early_stopping is None or config.early_stopping >= 1,
-         f"--early-stopping must be at least 1, got {config.early_stopping}"),
-        (not config.patch_size or (config.patch_size > 0 and config.patch_size % 32 == 0),
-         f"--patch-size must be a multiple of 32 (or 0 for whole chips), got {config.patch_size}"),
-        (config.class_weights in ("auto", "none"), f"--class-weights must be auto or none, got {config.class_weights!r}"),
-    ]
-    for ok, message in rules:
-        if not ok:
-            raise SparsecoverError(message)
+    """Refuse settings out of range, and a network that cannot be built, before any work."""
+    check_ranges(config)
     check_network(config.backbone, config.architecture, config.encoder_depth)
 
 
@@ -642,18 +586,16 @@ def evaluate_split(task: SegmentationTask, loader: DataLoader, prepared: Prepare
 def save_model_folder(folder: Path, task: SegmentationTask, prepared: Prepared, config: TrainConfig,
                       lr: float, run: Path, metrics: dict | None) -> None:
     """Weights (safetensors) and model.json: all that inference and the model package need."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in task.model.state_dict().items()}
-    save_file(state, str(folder / "weights.safetensors"))
     dataset = prepared.dataset
     history = _read_history(run)
     import lightning
     import segmentation_models_pytorch as smp
 
-    model_json = {
-        "schema_version": 1,
+    model_json: ModelJson = {
+        "schema_version": SCHEMA_MAJOR,
         "architecture": config.architecture,
         "encoder": config.backbone,
         "encoder_depth": config.encoder_depth,
@@ -697,7 +639,7 @@ def save_model_folder(folder: Path, task: SegmentationTask, prepared: Prepared, 
                      "segmentation_models_pytorch": smp.__version__, "lightning": lightning.__version__},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    (folder / "model.json").write_text(json.dumps(_json_safe(model_json), indent=1))
+    write_model_folder(folder, _json_safe(model_json), save(state))
 
 
 def _json_safe(value):

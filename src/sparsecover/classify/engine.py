@@ -1,0 +1,231 @@
+"""The inference engine: raw tiles read from the raster -> class probabilities, by PyTorch or ONNX Runtime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.windows import Window
+
+from ..errors import SparsecoverError
+from ..predict import LoadedModel
+from ..raster import common_dtype, gdal_env, read_window
+from .plan import Block
+
+ENGINES = ("torch", "onnx")
+
+
+
+def device_of(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SparsecoverError("--device cuda asked for, but no CUDA GPU is available; use --device auto or cpu")
+    if name not in ("cpu", "cuda"):
+        raise SparsecoverError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+
+#: What ``precision`` may be: auto is bf16 on CUDA and on CPUs that compute bf16 natively, else fp32.
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16 among /proc/cpuinfo's flags);
+    elsewhere PyTorch emulates bf16, slower than fp32. Without /proc/cpuinfo (not Linux): no."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+
+def use_bf16(precision: str, device: torch.device, engine: str) -> bool:
+    """Whether the network runs under bf16 autocast (the ONNX engine runs its fp32 graph)."""
+    if precision not in PRECISIONS:
+        raise SparsecoverError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if engine == "onnx":
+        return False
+    if precision == "auto":
+        return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
+    return precision == "bf16"
+
+
+
+#: Band dtypes carried to the model as they are stored (float32 is 2x the bytes of uint16); others
+#: are read as float32.
+CARRIED_DTYPES = ("uint8", "int8", "uint16", "int16", "float32")
+
+
+
+@dataclass(frozen=True)
+class RawTile:
+    """One input tile as read: band values as stored, and which of them are valid."""
+
+    data: np.ndarray | torch.Tensor  # (bands, h, w), a CARRIED_DTYPES dtype; a page-locked tensor for CUDA
+    band_valid: np.ndarray | None  # (bands, h, w); None where every value is valid (most tiles)
+    valid: np.ndarray  # (h, w): pixels with at least one valid band; the others become nodata
+
+
+
+def read_tile(src, tile: Window, band_indexes: list[int]) -> RawTile:
+    """The tile's band values in the source's dtype where the model's device can take it as is."""
+    dtype = common_dtype([src.dtypes[i - 1] for i in band_indexes])
+    data, band_valid = read_window(src, tile, band_indexes, dtype=dtype if dtype in CARRIED_DTYPES else "float32")
+    if band_valid.all():
+        return RawTile(data, None, np.ones(data.shape[1:], dtype=bool))
+    return RawTile(data, band_valid, band_valid.any(0))
+
+
+
+def read_run(src, run: list[Block], band_indexes: list[int]) -> list[RawTile]:
+    """The tiles of a run, read as one window and cut apart (views): GDAL decodes the input blocks
+    under the overlaps once, and the blocks of one request in parallel (GDAL_NUM_THREADS)."""
+    first, last = run[0].tile, run[-1].tile
+    whole = read_tile(src, Window(first.col_off, first.row_off, last.col_off + last.width - first.col_off,
+                                  first.height), band_indexes)
+    tiles = []
+    for block in run:
+        cols = slice(int(block.tile.col_off - first.col_off), int(block.tile.col_off - first.col_off + block.tile.width))
+        band_valid = None if whole.band_valid is None else whole.band_valid[..., cols]
+        tiles.append(RawTile(whole.data[..., cols], band_valid, whole.valid[:, cols]))
+    return tiles
+
+
+
+class Predictor:
+    """Raw tiles -> class probabilities (N, K, T, T), by PyTorch or ONNX Runtime.
+
+    Tiles from :func:`read_tile` are assembled on the model's device (on a GPU they travel in their
+    own dtype, e.g. uint16, and are converted there), and invalid band values get the band's
+    normalisation mean, i.e. 0 after normalisation, as in training (see ``Normalisation.apply``),
+    for both engines. ``tta`` averages the 8 flips/rotations. On CUDA a batch that runs out of
+    memory is split in halves.
+    """
+
+    def __init__(self, loaded: LoadedModel, device: torch.device, engine: str, tta: bool,
+                 classes_only: bool = False, class_prior: str = "labels", bf16: bool = False) -> None:
+        if engine not in ENGINES:
+            raise SparsecoverError(f"--engine must be torch or onnx, got {engine!r}")
+        if class_prior == "balanced":
+            loaded = replace(loaded, meta={**loaded.meta, "decision_offsets": None})
+        self.loaded, self.engine, self.tta, self.bf16 = loaded, engine, tta, bf16 and engine == "torch"
+        self.device = device if engine == "torch" else torch.device("cpu")  # where batches are assembled
+        # only the class map is wanted: (N, T, T) class values, no softmax or K x T x T copies back
+        self.classes_only = classes_only and engine == "torch" and not tta
+        self.values = torch.tensor(loaded.class_values, dtype=torch.uint8, device=self.device)
+        self.fill = torch.tensor(loaded.normalisation.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        if engine == "onnx":
+            from ..package import onnx_bytes, onnx_session
+
+            self.session = onnx_session(onnx_bytes(loaded.meta, loaded.network))
+        else:
+            from ..model import RawInputModel  # the same graph the ONNX export traces
+
+            self.module = RawInputModel(loaded.network, loaded.meta).eval().to(device)
+            if device.type == "cpu":
+                self.module.to(memory_format=torch.channels_last)
+
+    def stage(self, tile: RawTile) -> RawTile:
+        """On CUDA, the tile with its values copied to page-locked memory (in the reading thread), so
+        that the copy to the GPU runs at full speed without holding up the model's thread (H200:
+        pageable copies took 15 % of a run's wall time); elsewhere the tile as it is."""
+        if self.device.type != "cuda":
+            return tile
+        data = torch.from_numpy(tile.data)  # may be a view into a run (strided): copied contiguous
+        pinned = torch.empty(data.shape, dtype=data.dtype, pin_memory=True)
+        pinned.copy_(data)
+        return RawTile(pinned, tile.band_valid, tile.valid)
+
+    def batch(self, tiles: list[RawTile]) -> torch.Tensor:
+        """The tiles as one float32 batch on the device, invalid values filled.
+
+        Each tile is copied straight into the batch (no stacked copy on the host: on a GPU that
+        copy ran in the model's thread), in its own dtype, and converted on the device.
+        """
+        first = torch.as_tensor(tiles[0].data)
+        wire = torch.empty((len(tiles), *first.shape), dtype=first.dtype, device=self.device)
+        for i, tile in enumerate(tiles):
+            wire[i].copy_(torch.as_tensor(tile.data), non_blocking=True)
+        x = wire.float()
+        if any(t.band_valid is not None for t in tiles):
+            valid = torch.ones(x.shape, dtype=torch.bool, device=self.device)
+            for i, tile in enumerate(tiles):
+                if tile.band_valid is not None:
+                    valid[i].copy_(torch.from_numpy(tile.band_valid))
+            x = torch.where(valid, x, self.fill)
+        return x
+
+    def _forward(self, x: torch.Tensor) -> np.ndarray:
+        if self.engine == "onnx":
+            return self.session.run(None, {"image": x.contiguous().numpy()})[0]
+        try:
+            return self._torch_forward(x)
+        except torch.cuda.OutOfMemoryError:
+            if len(x) == 1:
+                raise SparsecoverError("the GPU ran out of memory on a single tile; pass a smaller --tile-size "
+                                       "or --device cpu") from None
+            torch.cuda.empty_cache()  # halve the batch and go on: the default batch size is a guess
+            half = len(x) // 2
+            return np.concatenate([self._forward(x[:half]), self._forward(x[half:])])
+
+    def _torch_forward(self, x: torch.Tensor) -> np.ndarray:
+        if self.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            if self.classes_only:
+                return self.values[self.module.logits(x).argmax(1)].cpu().numpy()
+            return self.module(x).cpu().numpy()
+
+    def __call__(self, tiles: list[RawTile]) -> np.ndarray:
+        """Class probabilities (or class values, see ``classes_only``) of tiles from :func:`read_tile`."""
+        x = self.batch(tiles)
+        if not self.tta:
+            return self._forward(x)
+        total = None
+        for k in range(4):
+            for flip in (False, True):
+                view = torch.rot90(x, k, (2, 3))
+                probs = self._forward(torch.flip(view, (3,)) if flip else view)
+                probs = probs[..., ::-1] if flip else probs
+                probs = np.rot90(probs, -k, axes=(2, 3))
+                total = probs if total is None else total + probs
+        return np.ascontiguousarray(total / 8)
+
+
+
+def crop_cores(blocks: list[Block], probs: np.ndarray,
+               valids: list[np.ndarray]) -> list[tuple[Window, np.ndarray, np.ndarray]]:
+    """Each block's core of the predicted tiles: (core window, probabilities or classes, valid pixels)."""
+    results = []
+    for block, p, valid in zip(blocks, probs, valids):
+        core, tile = block.core, block.tile
+        rows = slice(int(core.row_off - tile.row_off), int(core.row_off - tile.row_off + core.height))
+        cols = slice(int(core.col_off - tile.col_off), int(core.col_off - tile.col_off + core.width))
+        results.append((core, p[..., rows, cols], valid[rows, cols]))
+    return results
+
+
+
+def predict_tiles(predictor: Predictor, blocks: list[Block],
+                  tiles: list[RawTile]) -> list[tuple[Window, np.ndarray, np.ndarray]]:
+    """One batch of :func:`read_tile` results predicted: each block's (core, probabilities or classes, valid)."""
+    return crop_cores(blocks, predictor(tiles), [t.valid for t in tiles])
+
+
+
+def predict_blocks(raster: str, predictor: Predictor, blocks: list[Block],
+                   band_indexes: list[int]) -> list[tuple[Window, np.ndarray, np.ndarray]]:
+    """One batch read (opening the raster: a Dask task has no dataset of its own) and predicted."""
+    with gdal_env(), rasterio.open(raster) as src:
+        tiles = [read_tile(src, b.tile, band_indexes) for b in blocks]
+    return predict_tiles(predictor, blocks, tiles)
+
