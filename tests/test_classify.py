@@ -68,7 +68,8 @@ def test_classified_raster_matches_grid_and_carries_nodata(trained, train_chips,
     summary, unit = map_classes(out)
     assert [(r["value"], r["name"], r["pixels"]) for r in summary] == [
         (v, f"class{v}", (classes == v).sum()) for v in (1, 2, 3) if (classes == v).any()]
-    assert unit == "ha" and summary[0]["area"] == summary[0]["pixels"] * abs(profile["transform"].a * profile["transform"].e) / 1e4
+    assert unit == "ha" and summary[0]["area"] == pytest.approx(
+        summary[0]["pixels"] * abs(profile["transform"].a * profile["transform"].e) / 1e4)
     shown = CliRunner().invoke(cli, ["info", str(out)])
     # the classes the small network happens to predict vary with library versions: check those it did
     assert shown.exit_code == 0 and summary[0]["name"] in shown.output and f"{summary[0]['pixels']:,}" in shown.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -154,9 +155,13 @@ def test_train_writes_run_folder_model_and_history(train_chips, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert set(rows[0]) == {"epoch", "train_loss", "valid_loss", "accuracy", "macro_f1", "lr", "time_s"}
     assert all(float(r["valid_loss"]) > 0 for r in rows)
-    for name in ("config.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "metrics.json",
-                 "model/model.json", "model/weights.safetensors", "logs/metrics.csv"):
+    for name in ("config.json", "metrics.json", "model/model.json", "model/weights.safetensors", "logs/metrics.csv",
+                 "model.sparsecover"):
         assert (run / name).exists(), name
+    # the package holds the model: a finished run drops its checkpoints (2 x the model) unless asked
+    assert not (run / "checkpoints").exists()
+    with pytest.raises(SparsecoverError, match=r"this run has finished \(model.sparsecover is there\); nothing to resume"):
+        train(train_chips, run, TrainConfig(**{**FAST, "resume": True}))
     model = json.loads((run / "model" / "model.json").read_text())
     assert model["input_channels"] == 4 and model["encoder"] == "resnet18"
     assert [c["value"] for c in model["classes"]] == [1, 2, 3]
@@ -197,6 +202,16 @@ def test_the_model_decides_under_the_labels_class_frequencies(tmp_path):
         torch.testing.assert_close(module(x), torch.softmax(plain.logits(x) + offsets, dim=1))
     unweighted = train(chips, tmp_path / "run2", TrainConfig(**{**FAST, "val_fraction": 0.0, "class_weights": "none"}))
     assert json.loads((unweighted / "model" / "model.json").read_text())["decision_offsets"] == [0.0, 0.0, 0.0]
+
+
+def test_progress_counts_epochs_from_one(train_chips, tmp_path, capfd):
+    """The bar and the epoch table say "Epoch 1/2" .. "2/2"; history.csv keeps Lightning's index."""
+    run = train(train_chips, tmp_path / "run", TrainConfig(**{**FAST, "quiet": False}))
+    text = "".join(capfd.readouterr())
+    assert "Epoch 1/2: 100%" in text and "Epoch 2/2: 100%" in text and "Epoch 3" not in text
+    rows = re.findall(r"(\d+/\d+)(?:\s+[-+.e\d]+){6}\n", text)  # the table: epoch, then six numbers
+    assert rows == ["1/2", "2/2"]
+    assert [int(r["epoch"]) for r in _history(run)] == [0, 1]
 
 
 def test_same_seed_same_history(train_chips, tmp_path):
@@ -290,7 +305,8 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_run(train_chips, tmp_pat
 
 
 def test_resume_with_other_settings_is_refused(train_chips, tmp_path):
-    run = train(train_chips, tmp_path / "run", TrainConfig(**{**FAST, "epochs": 1}))
+    run = train(train_chips, tmp_path / "run", TrainConfig(**{**FAST, "epochs": 1, "keep_checkpoints": True}))
+    assert (run / "checkpoints" / "best.ckpt").exists()
     with pytest.raises(SparsecoverError, match=r"--resume with other settings: batch_size was 8, now 4"):
         train(train_chips, run, TrainConfig(**{**FAST, "epochs": 1, "batch_size": 4, "resume": True}))
     with pytest.raises(SparsecoverError, match="run folder exists and is not empty"):
@@ -437,7 +453,7 @@ def test_an_ensemble_averages_members_trained_from_other_starts(train_chips, tmp
     from sparsecover.package import describe_package, export_onnx, onnx_session
     from sparsecover.predict import load_model
 
-    run = train(train_chips, tmp_path / "run", TrainConfig(**{**POOLED, "members": 2}))
+    run = train(train_chips, tmp_path / "run", TrainConfig(**{**POOLED, "members": 2, "keep_checkpoints": True}))
     assert [int(r["epoch"]) for r in _history(run / "member2")] == [0, 1]
     meta = json.loads((run / "model" / "model.json").read_text())
     assert meta["ensemble"] == 2 and len(meta["training"]["member_histories"]) == 1

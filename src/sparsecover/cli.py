@@ -172,12 +172,15 @@ def _config(**kw):
 @click.option("--strategy", default=TRAIN.strategy, show_default=True, help="Lightning strategy: auto, ddp, ddp_spawn, fsdp, ...")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out with the same settings.")
 @click.option("--onnx", is_flag=True, help="Also put model.onnx (and an Esri .emd) into the model package.")
+@click.option("--keep-checkpoints", is_flag=True,
+              help="Keep checkpoints/ (last and best epoch, with optimizer state) once the run has finished.")
 @click.option("--members", default=TRAIN.members, show_default=True, type=click.IntRange(1),
               help="Train this many networks from different random starts and package their average "
                    "(an ensemble): steadier maps from few polygons; costs this many times the training "
                    "and classify time.")
 @_train_options
-def train(chips, out, epochs, lr, early_stopping, devices, num_nodes, strategy, resume, onnx, **kw) -> None:
+def train(chips, out, epochs, lr, early_stopping, devices, num_nodes, strategy, resume, onnx, keep_checkpoints,
+          **kw) -> None:
     """Train a segmentation model (U-Net, ResNet34 by default) on one or more chip datasets."""
     from .runfolder import check_run_folder
 
@@ -189,7 +192,8 @@ def train(chips, out, epochs, lr, early_stopping, devices, num_nodes, strategy, 
     except ValueError:
         raise SparsecoverError(f"--lr must be auto or a number, got {lr!r}") from None
     config = _config(epochs=epochs, lr=learning_rate, early_stopping=early_stopping, devices=devices,
-                     num_nodes=num_nodes, strategy=strategy, resume=resume, onnx=onnx, **kw)
+                     num_nodes=num_nodes, strategy=strategy, resume=resume, onnx=onnx,
+                     keep_checkpoints=keep_checkpoints, **kw)
     run = run_training(list(chips), out, config)
     metrics = run / "metrics.json"
     if metrics.exists():

@@ -22,6 +22,8 @@ def check_run_folder(run: Path, resume: bool) -> None:
     if run.exists() and not run.is_dir():
         raise SparsecoverError(f"{run}: is a file; --out names the run folder to create")
     if resume:
+        if (run / PACKAGE_NAME).exists() and not (run / LAST_CHECKPOINT).exists():
+            raise SparsecoverError(f"{run}: this run has finished ({PACKAGE_NAME} is there); nothing to resume")
         if not (run / CONFIG).exists() or not (run / LAST_CHECKPOINT).exists():
             raise SparsecoverError(f"{run}: nothing to resume (no {CONFIG} and {LAST_CHECKPOINT.as_posix()})")
     elif run.exists() and any(run.iterdir()):

@@ -6,7 +6,8 @@ split by spatial group, AdamW with a one-cycle schedule, the LR range test, a pe
 ``history.csv``, early stopping with the best weights restored, and ``--resume`` that refuses a run
 made with other settings.
 
-A run folder holds ``config.json``, ``history.csv``, ``checkpoints/`` (last and best), ``logs/``,
+A run folder holds ``config.json``, ``history.csv``, ``checkpoints/`` (last and best; removed when
+the run finishes unless ``keep_checkpoints``), ``logs/``,
 ``lr_find.png`` when the LR was found, ``metrics.json`` (validation per-class metrics of the final
 model), ``model/`` (``model.json`` + ``weights.safetensors``, readable as they are) and the same as
 one package file, ``model.sparsecover`` (see :mod:`sparsecover.package`).
@@ -31,7 +32,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader
@@ -250,6 +251,14 @@ def _finite(value: float) -> float:
     return 0.0 if math.isnan(value) else value
 
 
+class EpochBar(TQDMProgressBar):
+    """Lightning's progress bar, counting epochs as people do: "Epoch 1/10" to "Epoch 10/10"."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+
+
 class EpochTable(Callback):
     """Prints one row per epoch and keeps history.csv complete, across --resume too."""
 
@@ -289,7 +298,9 @@ class EpochTable(Callback):
         self.rows.append(row)
         self._write()
         if not self.quiet:
-            print("  ".join(_fmt(row[c]) for c in HISTORY_COLUMNS), flush=True)
+            # people count epochs from 1 (the bar says "Epoch 1/10"); history.csv keeps Lightning's index
+            shown = {**row, "epoch": f"{row['epoch'] + 1}/{trainer.max_epochs}"}
+            print("  ".join(_fmt(shown[c]) for c in HISTORY_COLUMNS), flush=True)
 
     def _write(self) -> None:
         tmp = self.path.with_suffix(".tmp")
@@ -364,7 +375,7 @@ def _trainer(config: TrainConfig, run: Path | None, callbacks: list, max_epochs:
         strategy=config.strategy,
         precision=config.precision,
         max_epochs=max_epochs,
-        callbacks=callbacks,
+        callbacks=callbacks + ([EpochBar()] if not config.quiet else []),
         logger=_loggers(run),
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
         enable_progress_bar=not config.quiet,
@@ -510,6 +521,9 @@ def _train(prepared: Prepared, run: Path, config: TrainConfig, lr: float) -> Pat
     from .package import save_package
 
     save_package(run / MODEL_DIR, run / PACKAGE_NAME, onnx=config.onnx, overwrite=True)
+    if not config.keep_checkpoints:  # a finished run has nothing to resume; the package holds the model
+        for k in range(config.members):
+            shutil.rmtree(member_folder(run, k) / LAST_CHECKPOINT.parent, ignore_errors=True)
     return run
 
 
