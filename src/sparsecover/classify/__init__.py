@@ -45,7 +45,6 @@ from .plan import MULTIPLE, plan_blocks
 CLASS_PRIORS = ("labels", "balanced")
 
 
-
 def _aoi_masker(aoi: Path | None, source):
     """A function window -> bool mask (inside the AOI), or None without an AOI."""
     if aoi is None:
@@ -68,7 +67,6 @@ def _aoi_masker(aoi: Path | None, source):
         return inside > 0
 
     return mask
-
 
 
 def classify_pixels(
@@ -133,7 +131,6 @@ def classify_pixels(
     if vector is not None:
         vectorize(out, vector, min_area=min_area, overwrite=overwrite, progress=progress)
     return out
-
 
 
 def classify_rasters(rasters: list[str | Path], model: str | Path, out: str | Path,

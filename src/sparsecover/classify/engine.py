@@ -18,8 +18,8 @@ from .plan import Block
 ENGINES = ("torch", "onnx")
 
 
-
 def device_of(name: str) -> torch.device:
+    """The device ``--device`` names (auto: a CUDA GPU when there is one); one line if it cannot be had."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -29,10 +29,8 @@ def device_of(name: str) -> torch.device:
     return torch.device(name)
 
 
-
 #: What ``precision`` may be: auto is bf16 on CUDA and on CPUs that compute bf16 natively, else fp32.
 PRECISIONS = ("auto", "fp32", "bf16")
-
 
 
 def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
@@ -47,7 +45,6 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-
 def use_bf16(precision: str, device: torch.device, engine: str) -> bool:
     """Whether the network runs under bf16 autocast (the ONNX engine runs its fp32 graph)."""
     if precision not in PRECISIONS:
@@ -59,11 +56,9 @@ def use_bf16(precision: str, device: torch.device, engine: str) -> bool:
     return precision == "bf16"
 
 
-
 #: Band dtypes carried to the model as they are stored (float32 is 2x the bytes of uint16); others
 #: are read as float32.
 CARRIED_DTYPES = ("uint8", "int8", "uint16", "int16", "float32")
-
 
 
 @dataclass(frozen=True)
@@ -75,7 +70,6 @@ class RawTile:
     valid: np.ndarray  # (h, w): pixels with at least one valid band; the others become nodata
 
 
-
 def read_tile(src, tile: Window, band_indexes: list[int]) -> RawTile:
     """The tile's band values in the source's dtype where the model's device can take it as is."""
     dtype = common_dtype([src.dtypes[i - 1] for i in band_indexes])
@@ -83,7 +77,6 @@ def read_tile(src, tile: Window, band_indexes: list[int]) -> RawTile:
     if band_valid.all():
         return RawTile(data, None, np.ones(data.shape[1:], dtype=bool))
     return RawTile(data, band_valid, band_valid.any(0))
-
 
 
 def read_run(src, run: list[Block], band_indexes: list[int]) -> list[RawTile]:
@@ -98,7 +91,6 @@ def read_run(src, run: list[Block], band_indexes: list[int]) -> list[RawTile]:
         band_valid = None if whole.band_valid is None else whole.band_valid[..., cols]
         tiles.append(RawTile(whole.data[..., cols], band_valid, whole.valid[:, cols]))
     return tiles
-
 
 
 class Predictor:
@@ -201,7 +193,6 @@ class Predictor:
         return np.ascontiguousarray(total / 8)
 
 
-
 def crop_cores(blocks: list[Block], probs: np.ndarray,
                valids: list[np.ndarray]) -> list[tuple[Window, np.ndarray, np.ndarray]]:
     """Each block's core of the predicted tiles: (core window, probabilities or classes, valid pixels)."""
@@ -214,12 +205,10 @@ def crop_cores(blocks: list[Block], probs: np.ndarray,
     return results
 
 
-
 def predict_tiles(predictor: Predictor, blocks: list[Block],
                   tiles: list[RawTile]) -> list[tuple[Window, np.ndarray, np.ndarray]]:
     """One batch of :func:`read_tile` results predicted: each block's (core, probabilities or classes, valid)."""
     return crop_cores(blocks, predictor(tiles), [t.valid for t in tiles])
-
 
 
 def predict_blocks(raster: str, predictor: Predictor, blocks: list[Block],

@@ -38,7 +38,6 @@ from ..styles import write_raster_style
 DEFLATE_LEVEL = 4
 
 
-
 @dataclass(frozen=True)
 class Settings:
     """What decides the output's pixels; a --resume must use the same."""
@@ -56,7 +55,6 @@ class Settings:
     precision: str  # as resolved: fp32 or bf16
 
 
-
 @dataclass(frozen=True)
 class PreparedStrip:
     """One strip of output blocks as the writer writes it."""
@@ -64,7 +62,6 @@ class PreparedStrip:
     writes: list[tuple[str, int, Window, np.ndarray]]  # (output kind, level factor (1: the output), window, values)
     cores: list[Window]  # the blocks it finishes
     counts: np.ndarray  # pixels per class value (0: nodata), for the attribute table
-
 
 
 @functools.cache
@@ -83,7 +80,6 @@ def _partial_codec() -> dict:
         return {"compress": "deflate"}
 
 
-
 def margin_uncertainty(probs: np.ndarray) -> np.ndarray:
     """1 - (top-class probability - second probability) per pixel of (K, H, W) probabilities: 0 where
     the model is sure, 1 where two classes tie. The margin rather than the entropy: it asks only which
@@ -92,7 +88,6 @@ def margin_uncertainty(probs: np.ndarray) -> np.ndarray:
         return np.zeros(probs.shape[1:], np.float32)
     top = np.partition(probs, len(probs) - 2, axis=0)[-2:]
     return (1.0 - (top[1] - top[0])).astype(np.float32)
-
 
 
 @dataclass(frozen=True)
@@ -290,7 +285,6 @@ class Outputs:
         for final in self.finals.values():
             for leftover in (final.parent / f".{final.name}.cog.tif", self._vrt(final)):
                 leftover.unlink(missing_ok=True)
-
 
 
 def _strips(results: list[tuple[Window, np.ndarray, np.ndarray]]):

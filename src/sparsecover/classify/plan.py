@@ -18,14 +18,12 @@ from ..raster import GDAL_CACHE_BYTES
 MULTIPLE = 32  # U-Net encoders downsample 5 times: tile sides must be multiples of 32
 
 
-
 @dataclass(frozen=True)
 class Block:
     """One unit of work: the output pixels (``core``) and the input window predicted for them (``tile``)."""
 
     core: Window
     tile: Window
-
 
 
 def axis_layout(length: int, tile_size: int, padding: int) -> tuple[int, list[int], list[int]]:
@@ -60,7 +58,6 @@ def axis_layout(length: int, tile_size: int, padding: int) -> tuple[int, list[in
     return span, starts, bounds
 
 
-
 def plan_blocks(width: int, height: int, tile_size: int, padding: int, pixel_bytes: int = 0) -> list[Block]:
     """The blocks covering a raster; all tiles have the same shape (one batch shape).
 
@@ -78,7 +75,6 @@ def plan_blocks(width: int, height: int, tile_size: int, padding: int, pixel_byt
                   Window(starts_x[i], starts_y[j], span_x, span_y))
             for first in range(0, len(starts_x), columns)
             for j in range(len(starts_y)) for i in range(first, min(first + columns, len(starts_x)))]
-
 
 
 def tile_runs(blocks: list[Block]) -> list[list[Block]]:

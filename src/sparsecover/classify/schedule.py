@@ -23,7 +23,6 @@ from .plan import Block, tile_runs
 QUEUED_BATCHES = 2
 
 
-
 def reading_threads(device: torch.device) -> int:
     """Reading threads: a GPU eats tiles far faster than one core decompresses them
     (benchmarks/results/gpu_h200_2026-11-26.txt). None on a CPU: the model already uses every core,
@@ -31,12 +30,10 @@ def reading_threads(device: torch.device) -> int:
     return max(1, min(8, (os.cpu_count() or 2) // 2)) if device.type == "cuda" else 0
 
 
-
 def preparing_threads() -> int:
     """Threads preparing batches for the writer: one per 4 cores, up to 4, because on a GPU host the
     writer's arrays (the overview levels) would otherwise cap classify at one core's speed."""
     return max(1, min(4, (os.cpu_count() or 1) // 4))
-
 
 
 def local_results(raster: str, predictor: Predictor, batches: list[list[Block]], band_indexes: list[int]):
@@ -83,7 +80,6 @@ def local_results(raster: str, predictor: Predictor, batches: list[list[Block]],
                 yield predict_tiles(predictor, batch, tiles)
 
 
-
 @functools.lru_cache(maxsize=2)
 def _worker_predictor(model: str, device: str, engine: str, tta: bool, classes_only: bool,
                       class_prior: str, bf16: bool) -> Predictor:
@@ -92,12 +88,10 @@ def _worker_predictor(model: str, device: str, engine: str, tta: bool, classes_o
     return Predictor(load_model(model, str(torch_device)), torch_device, engine, tta, classes_only, class_prior, bf16)
 
 
-
 def _dask_task(raster: str, model: str, device: str, engine: str, tta: bool, classes_only: bool, class_prior: str,
                bf16: bool, blocks: list[Block], band_indexes: list[int]):
     predictor = _worker_predictor(model, device, engine, tta, classes_only, class_prior, bf16)
     return predict_blocks(raster, predictor, blocks, band_indexes)
-
 
 
 def dask_results(raster, model, device, engine, tta, classes_only, class_prior, bf16, batches, band_indexes, workers,
