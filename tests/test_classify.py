@@ -186,6 +186,7 @@ def test_aoi(trained, train_chips, tmp_path):
         classify_pixels(scene, trained, tmp_path / "n.tif", aoi=tmp_path / "far.gpkg", progress=False)
 
 
+@pytest.mark.slow
 def test_dask_two_workers_equal_single_process(trained, train_chips, tmp_path):
     pytest.importorskip("distributed")
     scene = train_chips.parent / "classes_scene.tif"
@@ -195,6 +196,7 @@ def test_dask_two_workers_equal_single_process(trained, train_chips, tmp_path):
     assert np.array_equal(rasterio.open(one).read(1), rasterio.open(two).read(1))
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_gives_the_uninterrupted_result(trained, train_chips, tmp_path):
     import os
     import signal

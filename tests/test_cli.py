@@ -77,6 +77,7 @@ def test_other_errors_exit_2(args, tmp_path):
     assert result.exit_code == 2
 
 
+@pytest.mark.slow
 def test_demo_runs_on_the_shipped_scene(tmp_path):
     result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo"), "-q", "--epochs", "1"])
     assert result.exit_code == 0, result.output

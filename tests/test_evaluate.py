@@ -119,6 +119,7 @@ def test_summarize_handles_absent_classes():
     assert s["macro_f1"] == pytest.approx(np.mean([10 / 13, 14 / 17]))
 
 
+@pytest.mark.slow
 def test_report_renders_in_a_real_browser(tmp_path, train_chips):
     from sparsecover.classify import classify_pixels
     from sparsecover.report import build_report

@@ -273,6 +273,7 @@ def test_a_patch_size_off_the_network_grid_is_refused(train_chips):
         prepare(train_chips, TrainConfig(patch_size=100))
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_repeats_the_uninterrupted_run(train_chips, tmp_path):
     def command(run):
         return [sys.executable, "-m", "sparsecover.cli", "train", str(train_chips), "--out", str(run), "--epochs",
@@ -343,6 +344,7 @@ def test_a_shallow_encoder_keeps_only_the_stages_it_uses():
     torch.testing.assert_close(network_from(meta, save(older))(x), network(x))
 
 
+@pytest.mark.slow
 def test_ddp_with_two_cpu_processes(train_chips, tmp_path):
     config = TrainConfig(**{**POOLED, "epochs": 1, "devices": 2, "strategy": "ddp_spawn", "device": "cpu"})
     run = train(train_chips, tmp_path / "ddp", config)
