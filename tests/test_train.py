@@ -73,7 +73,7 @@ def test_no_validation_pixel_lies_in_a_training_polygon(train_chips):
 
 
 def test_strong_view_is_aligned_and_cuts_out_a_square():
-    from sparsecover.train import strong_view
+    from sparsecover.task import strong_view
 
     torch.manual_seed(0)
     image = torch.randn(4, 3, 32, 32)

@@ -113,13 +113,10 @@ def plot_confusion(matrix: np.ndarray, names: list[str], path: str | Path) -> No
     plt.close(fig)
 
 
-def plot_history(history_csv: str | Path, path: str | Path) -> None:
-    """Training curves from history.csv: losses, and validation accuracy / macro-F1."""
-    import csv
-
+def plot_history(rows: list[dict[str, str]], path: str | Path) -> None:
+    """Training curves from history.csv's rows (:func:`sparsecover.runfolder.read_history`): losses,
+    and validation accuracy / macro-F1."""
     plt = _pyplot()
-    with open(history_csv) as fh:
-        rows = list(csv.DictReader(fh))
 
     def column(name):
         return [float(r[name]) if r.get(name) not in (None, "") else np.nan for r in rows]

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import __version__
 from .errors import SparsecoverError, SparsecoverWarning, warn
-from .runfolder import CONFIG, unfinished
+from .runfolder import CONFIG, read_history, unfinished
 
 
 def _img(path: Path, alt: str) -> str:
@@ -140,8 +140,9 @@ def build_report(run: str | Path, out: str | Path, classified: str | Path | None
                 + _table(["value", "class", "colour", "labelled pixels"], class_rows)
             )
         sections.append(_settings_section(config))
-        if (run / "history.csv").exists():
-            plot_history(run / "history.csv", tmp / "history.png")
+        history = read_history(run)
+        if history:
+            plot_history(history, tmp / "history.png")
             parts = ["<h2>Training</h2>", _img(tmp / "history.png", "training curves")]
             if (run / "lr_find.png").exists():
                 parts.append(_img(run / "lr_find.png", "LR range test"))

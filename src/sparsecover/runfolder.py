@@ -12,7 +12,8 @@ from .errors import SparsecoverError
 
 CONFIG = "config.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
-HISTORY = "history.csv"
+HISTORY = "history.csv"  # one row per finished epoch: written by history.EpochTable, read by read_history
+HISTORY_COLUMNS = ["epoch", "train_loss", "valid_loss", "accuracy", "macro_f1", "lr", "time_s"]
 MODEL_DIR = "model"
 PACKAGE_NAME = "model.sparsecover"  # the one-file package written at the end of every run
 
@@ -30,17 +31,23 @@ def check_run_folder(run: Path, resume: bool) -> None:
         raise SparsecoverError(f"{run}: run folder exists and is not empty; use --resume or a new --out")
 
 
+def read_history(folder: Path) -> list[dict[str, str]]:
+    """The rows of ``folder``'s history.csv (none before the first epoch has ended), as strings."""
+    import csv
+
+    if not (folder / HISTORY).exists():
+        return []
+    with (folder / HISTORY).open() as fh:
+        return list(csv.DictReader(fh))
+
+
 def unfinished(run: Path) -> str | None:
     """Why ``run`` holds no finished model (a killed or failed run), or None when it has one."""
     if (run / PACKAGE_NAME).exists():
         return None
-    import csv
     import json
 
     epochs = json.loads((run / CONFIG).read_text())["settings"].get("epochs")
-    done = 0
-    if (run / HISTORY).exists():
-        with (run / HISTORY).open() as fh:
-            done = sum(1 for _ in csv.DictReader(fh))
+    done = len(read_history(run))
     return (f"{run}: training did not finish ({done} of {epochs} epochs in {HISTORY}, no {PACKAGE_NAME}); "
             f"continue it with `sparsecover train CHIPS --out {run} --resume`")

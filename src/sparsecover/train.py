@@ -1,30 +1,27 @@
 """`sparsecover train` / `lr-find`: a segmentation network from a chip dataset, on PyTorch Lightning.
 
 Lightning brings devices, mixed precision, DDP (multi-GPU, multi-node) and checkpointing; this
-module adds what sparse land-cover labels need: a loss that ignores unlabelled pixels, a validation
-split by spatial group, AdamW with a one-cycle schedule, the LR range test, a per-epoch table and
-``history.csv``, early stopping with the best weights restored, and ``--resume`` that refuses a run
-made with other settings.
+module adds what sparse land-cover labels need: a validation split by spatial group, the per-pixel
+spectral model fitted first, the LR range test, early stopping with the best weights restored,
+ensembles, and ``--resume`` that refuses a run made with other settings. The losses are
+:class:`sparsecover.task.SegmentationTask`'s; the epoch table is :mod:`sparsecover.history`'s.
 
 A run folder holds ``config.json``, ``history.csv``, ``checkpoints/`` (last and best; removed when
-the run finishes unless ``keep_checkpoints``), ``logs/``,
-``lr_find.png`` when the LR was found, ``metrics.json`` (validation per-class metrics of the final
-model), ``model/`` (``model.json`` + ``weights.safetensors``, readable as they are) and the same as
-one package file, ``model.sparsecover`` (see :mod:`sparsecover.package`).
+the run finishes unless ``keep_checkpoints``), ``logs/``, ``lr_find.png`` when the LR was found,
+``metrics.json`` (validation per-class metrics of the final model), ``model/`` (``model.json`` +
+``weights.safetensors``, readable as they are) and the same as one package file,
+``model.sparsecover`` (see :mod:`sparsecover.modelfile`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime as _dt
 import io
 import json
 import logging
 import math
-import os
 import shutil
-import time
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,19 +29,15 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from torch import nn
 from torch.utils.data import DataLoader
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassConfusionMatrix
 
 from . import __version__
 from .chips import ChipDataset
 from .combine import dataset_hash, dataset_roots, open_chip_datasets
 from .data import (
     IGNORE_INDEX,
-    UNLABELLED,
     ChipTorchDataset,
     ClassMapping,
     Normalisation,
@@ -55,15 +48,16 @@ from .data import (
     spatial_split,
 )
 from .errors import SparsecoverError
+from .history import EpochBar, EpochTable
 from .metrics import summarize
-from .model import Ensemble, build_model, check_network, context_of, decision_offsets
+from .model import Ensemble, check_network, decision_offsets
 from .modelfile import SCHEMA_MAJOR, ModelJson, write_model_folder
-from .runfolder import CONFIG, LAST_CHECKPOINT, MODEL_DIR, PACKAGE_NAME, check_run_folder
+from .runfolder import CONFIG, LAST_CHECKPOINT, MODEL_DIR, PACKAGE_NAME, check_run_folder, read_history
 from .spectral import MAX_PIXELS, fit_spectral
+from .task import SegmentationTask
 from .trainconfig import (DEFAULT_LR, RESUMABLE_DIFFERENCES, SETTINGS_BEFORE_THEY_EXISTED, TrainConfig,
                           check_ranges)
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "valid_loss", "accuracy", "macro_f1", "lr", "time_s"]
 #: The LR finder's suggestion is capped here. On few chips its training loss can fall all the way
 #: to LR 1 (BatchNorm absorbs the steps) and it suggested 0.1 for 1 m NAIP, where validation loss
 #: then blew up to 1e14; 4.7e-3 blew up too (benchmarks/results/sparse_accuracy_2026-11-28.txt).
@@ -126,200 +120,6 @@ def prepare(chips: ChipsArg, config: TrainConfig) -> Prepared:
         else [1.0] * len(mapping.values)
     )
     return Prepared(dataset, mapping, band_indices, band_names, normalisation, split, train, valid, weights)
-
-
-def strong_view(image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A strongly perturbed copy of a normalised batch, aligned pixel for pixel with it.
-
-    Per sample and band: gain in [0.7, 1.3] and offset in [-0.3, 0.3] (in standard deviations),
-    Gaussian noise of 0.1, and one cut-out square of a quarter to half the chip side set to the band
-    mean (0). The model must then predict a pixel from weaker evidence, or from its neighbourhood only.
-    """
-    n, bands, height, width = image.shape
-    opts = {"device": image.device, "dtype": image.dtype}
-    gain = 0.7 + 0.6 * torch.rand(n, bands, 1, 1, generator=generator, **opts)
-    offset = 0.6 * torch.rand(n, bands, 1, 1, generator=generator, **opts) - 0.3
-    noise = 0.1 * torch.randn(image.shape, generator=generator, **opts)
-    strong = image * gain + offset + noise
-    rows = torch.arange(height, device=image.device)[:, None]
-    cols = torch.arange(width, device=image.device)[None, :]
-    side = torch.randint(max(1, height // 4), max(2, height // 2 + 1), (n,), device=image.device)
-    top = (torch.rand(n, device=image.device) * (height - side + 1)).long()
-    left = (torch.rand(n, device=image.device) * (width - side + 1)).long()
-    cut = ((rows[None] >= top[:, None, None]) & (rows[None] < (top + side)[:, None, None])
-           & (cols[None] >= left[:, None, None]) & (cols[None] < (left + side)[:, None, None]))
-    return strong.masked_fill(cut[:, None], 0.0)
-
-
-class SegmentationTask(L.LightningModule):
-    """Cross-entropy on labelled pixels, plus pseudo-labels on unlabelled ones; AdamW + one-cycle.
-
-    Semi-supervised in the FixMatch manner (Sohn et al. 2020), per pixel: the model's own prediction
-    on the (weakly augmented) chip becomes the target of a strongly perturbed copy of the chip
-    wherever it is confident (>= ``pseudo_threshold``). The many unlabelled pixels around and between
-    the polygons then shape the decision boundaries, and the network cannot simply memorise the few
-    labelled ones. ``unlabelled_weight`` 0 turns it off (supervised only, half the compute).
-    """
-
-    def __init__(self, num_bands: int, num_classes: int, class_weights: list[float], backbone: str,
-                 architecture: str, lr: float, weight_decay: float, weights: str | None = None,
-                 band_names: list[str] | None = None, encoder_depth: int = 5, unlabelled_weight: float = 0.0,
-                 pseudo_threshold: float = 0.9, spectral: bool = False) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.model = build_model(num_bands, num_classes, backbone, architecture, weights, band_names, encoder_depth,
-                                 spectral)
-        # per pixel, summed by us: CUDA has no deterministic kernel for a reduced (sum/mean)
-        # cross-entropy, and training runs with torch.use_deterministic_algorithms
-        self.loss = nn.CrossEntropyLoss(weight=torch.tensor(class_weights, dtype=torch.float32),
-                                        ignore_index=IGNORE_INDEX, reduction="none")
-        self.lr = lr
-        self.valid_loss = MeanMetric()
-        self.train_loss = MeanMetric()
-        self.confusion = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-    def _supervised(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class-weighted mean cross-entropy over labelled pixels, and the total weight it averaged."""
-        labelled = target != IGNORE_INDEX
-        weight = self.loss.weight[target[labelled]].sum() if labelled.any() else logits.new_tensor(0.0)
-        return self.loss(logits, target).sum() / weight.clamp_min(1e-8), weight
-
-    def training_step(self, batch, batch_idx):
-        image, target = batch
-        n = len(image)
-        unlabelled = target == UNLABELLED
-        labelled_target = target.masked_fill(unlabelled, IGNORE_INDEX)
-        semi = self.hparams.unlabelled_weight > 0 and bool(unlabelled.any())
-        # the losses train the context network; a pooled network's spectral model is already fitted
-        logits = context_of(self.model)(torch.cat([image, strong_view(image)]) if semi else image)
-        loss, weight = self._supervised(logits[:n], labelled_target)
-        self.train_loss.update(loss.detach(), weight.detach())
-        self.log("train_loss", self.train_loss, on_step=False, on_epoch=True)
-        if semi:
-            confidence, pseudo = logits[:n].detach().softmax(1).max(1)
-            confident = unlabelled & (confidence >= self.hparams.pseudo_threshold)
-            per_pixel = nn.functional.cross_entropy(logits[n:], pseudo, reduction="none")
-            loss = loss + self.hparams.unlabelled_weight * (per_pixel * confident).sum() / unlabelled.sum()
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        image, target = batch
-        logits = self(image)
-        loss, weight = self._supervised(logits, target)
-        if weight > 0:
-            self.valid_loss.update(loss, weight)
-        self.confusion.update(logits.argmax(1), target)
-
-    def on_validation_epoch_end(self) -> None:
-        matrix = self.confusion.compute().cpu().numpy()
-        self.confusion.reset()
-        summary = summarize(matrix)
-        self.log("valid_loss", self.valid_loss.compute(), sync_dist=True)
-        self.valid_loss.reset()
-        self.log("accuracy", _finite(summary["overall_accuracy"]))
-        self.log("macro_f1", _finite(summary["macro_f1"]))
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # the chip order, the augmentation and the strong views draw from torch's RNG: a resumed run
-        # continues its stream and so repeats the uninterrupted run's epochs exactly
-        # (numpy's global RNG is not used: per-sample generators are seeded from torch's)
-        checkpoint["rng_state"] = {"torch": torch.get_rng_state(),
-                                   "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("rng_state")
-        if state is None:
-            return
-        torch.set_rng_state(state["torch"])
-        if state["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
-
-    def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.hparams.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        # OneCycleLR divides by zero when the warm-up phase ends exactly on step 0 (4 steps x 0.25)
-        warmup = 0.25 if total != 4 else 0.3
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.lr, total_steps=total,
-                                                        pct_start=warmup)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def _finite(value: float) -> float:
-    return 0.0 if math.isnan(value) else value
-
-
-class EpochBar(TQDMProgressBar):
-    """Lightning's progress bar, counting epochs as people do: "Epoch 1/10" to "Epoch 10/10"."""
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        super().on_train_epoch_start(trainer, pl_module)
-        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
-
-
-class EpochTable(Callback):
-    """Prints one row per epoch and keeps history.csv complete, across --resume too."""
-
-    def __init__(self, path: Path, quiet: bool) -> None:
-        self.path = path
-        self.quiet = quiet
-        self.started = 0.0
-        self.rows: list[dict] = []
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        start = trainer.current_epoch  # restored from the checkpoint by now, when resuming
-        if not trainer.is_global_zero:
-            return
-        if self.path.exists():
-            with self.path.open() as fh:
-                self.rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) < start]
-        self._write()
-        if not self.quiet and not self.rows:
-            print("  ".join(f"{c:>10}" for c in HISTORY_COLUMNS))
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.started = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        metrics = trainer.callback_metrics
-        row = {
-            "epoch": trainer.current_epoch,
-            "train_loss": _metric(metrics, "train_loss"),
-            "valid_loss": _metric(metrics, "valid_loss"),
-            "accuracy": _metric(metrics, "accuracy"),
-            "macro_f1": _metric(metrics, "macro_f1"),
-            "lr": trainer.optimizers[0].param_groups[0]["lr"],
-            "time_s": round(time.perf_counter() - self.started, 2),
-        }
-        self.rows.append(row)
-        self._write()
-        if not self.quiet:
-            # people count epochs from 1 (the bar says "Epoch 1/10"); history.csv keeps Lightning's index
-            shown = {**row, "epoch": f"{row['epoch'] + 1}/{trainer.max_epochs}"}
-            print("  ".join(_fmt(shown[c]) for c in HISTORY_COLUMNS), flush=True)
-
-    def _write(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, HISTORY_COLUMNS)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, self.path)
-
-
-def _metric(metrics: dict, name: str) -> float | str:
-    value = metrics.get(name)
-    return "" if value is None else float(value)
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:>10.4g}"
-    return f"{value!s:>10}"
 
 
 def _accelerator(device: str) -> str:
@@ -554,7 +354,7 @@ def _fit(prepared: Prepared, config: TrainConfig, lr: float, folder: Path, seed:
     # every epoch's state, for --resume: Lightning's save_last writes only in epochs that improve the
     # monitored loss, and a resume from there repeats the epochs after it
     last = ModelCheckpoint(dirpath=folder / "checkpoints", filename="last", enable_version_counter=False)
-    callbacks: list = [best, last, EpochTable(folder / "history.csv", config.quiet)]
+    callbacks: list = [best, last, EpochTable(folder, config.quiet)]
     if config.early_stopping:
         callbacks.append(EarlyStopping(monitor=monitor, patience=config.early_stopping, mode="min"))
     trainer = _trainer(config, folder, callbacks, config.epochs)
@@ -566,13 +366,6 @@ def _fit(prepared: Prepared, config: TrainConfig, lr: float, folder: Path, seed:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
         task.load_state_dict(state)
     return task
-
-
-def _read_history(folder: Path) -> list[dict]:
-    if not (folder / "history.csv").exists():
-        return []
-    with (folder / "history.csv").open() as fh:
-        return list(csv.DictReader(fh))
 
 
 @torch.inference_mode()
@@ -604,7 +397,7 @@ def save_model_folder(folder: Path, task: SegmentationTask, prepared: Prepared, 
 
     state = {k: v.detach().cpu().contiguous() for k, v in task.model.state_dict().items()}
     dataset = prepared.dataset
-    history = _read_history(run)
+    history = read_history(run)
     import lightning
     import segmentation_models_pytorch as smp
 
@@ -643,7 +436,7 @@ def save_model_folder(folder: Path, task: SegmentationTask, prepared: Prepared, 
             "precision": config.precision,
             "weights": config.weights,
             "history": history,
-            "member_histories": [_read_history(member_folder(run, k)) for k in range(1, config.members)],
+            "member_histories": [read_history(member_folder(run, k)) for k in range(1, config.members)],
             "validation_metrics": metrics,
             "train_groups": len(prepared.split.train_groups),
             "valid_groups": len(prepared.split.valid_groups),
