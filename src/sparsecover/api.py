@@ -15,7 +15,7 @@ from .chips import ChipDataset
 from .combine import open_chip_datasets
 from .errors import SparsecoverError
 from .predict import LoadedModel
-from .runfolder import MODEL_DIR
+from .runfolder import METRICS, MODEL_DIR
 from .train import find_lr, prepare, train
 from .trainconfig import DEFAULT_LR, TrainConfig
 
@@ -100,9 +100,9 @@ class UnetClassifier:
         return self.run
 
     def _metrics(self) -> dict:
-        if self.run is None or not (self.run / "metrics.json").exists():
+        if self.run is None or not (self.run / METRICS).exists():
             raise SparsecoverError("no validation metrics yet: call fit() first (with val_fraction > 0)")
-        return json.loads((self.run / "metrics.json").read_text())
+        return json.loads((self.run / METRICS).read_text())
 
     def per_class_metrics(self):
         """Precision, recall and F1 per class on the held-out polygons, as a pandas DataFrame."""

@@ -182,7 +182,7 @@ def _config(**kw):
 def train(chips, out, epochs, lr, early_stopping, devices, num_nodes, strategy, resume, onnx, keep_checkpoints,
           **kw) -> None:
     """Train a segmentation model (U-Net, ResNet34 by default) on one or more chip datasets."""
-    from .runfolder import check_run_folder
+    from .runfolder import METRICS, PACKAGE_NAME, check_run_folder
 
     check_run_folder(out, resume)  # at once: the training stack takes seconds to import
     from .train import train as run_training
@@ -195,14 +195,14 @@ def train(chips, out, epochs, lr, early_stopping, devices, num_nodes, strategy, 
                      num_nodes=num_nodes, strategy=strategy, resume=resume, onnx=onnx,
                      keep_checkpoints=keep_checkpoints, **kw)
     run = run_training(list(chips), out, config)
-    metrics = run / "metrics.json"
+    metrics = run / METRICS
     if metrics.exists():
         import json
 
         summary = json.loads(metrics.read_text())
         out_console.print(f"validation (held-out polygons): accuracy {summary['overall_accuracy']:.3f}, "
                           f"macro-F1 {summary['macro_f1']:.3f}, kappa {summary['kappa']:.3f}")
-    out_console.print(f"run folder: {run}  (model package: {run / 'model.sparsecover'})")
+    out_console.print(f"run folder: {run}  (model package: {run / PACKAGE_NAME})")
 
 
 @cli.command("lr-find")

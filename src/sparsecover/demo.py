@@ -19,6 +19,7 @@ from .export import export_training_data
 from .evaluate import evaluate_map, evaluate_run
 from .classify import classify_pixels
 from .report import build_report
+from .runfolder import HISTORY, LR_PLOT
 from .stack import stack_bands
 from .train import TrainConfig, train
 
@@ -65,7 +66,7 @@ def run_demo(out: str | Path = "sparsecover-demo", overwrite: bool = False, prog
                           evaluation=[out / "evaluation", out / "evaluation_points"], vector=out / "landcover.gpkg")
     artifacts = {
         "stacked scene (VRT)": scene, "chip dataset": chips, "training run": run,
-        "LR finder plot": run / "lr_find.png", "epoch history": run / "history.csv",
+        "LR finder plot": run / LR_PLOT, "epoch history": run / HISTORY,
         "model package": run / "model.sparsecover", "validation metrics": out / "validation",
         "land-cover map": classified, "vector map (GeoPackage)": out / "landcover.gpkg",
         "map vs reference map": out / "evaluation",

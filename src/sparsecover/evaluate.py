@@ -31,6 +31,7 @@ from .labels import VECTOR_SUFFIXES, _integer_classes
 from .metrics import summarize
 from .progress import track
 from .raster import _bounds, block_windows, gdal_env, open_raster
+from .runfolder import METRICS
 
 Z95 = 1.959964
 
@@ -280,7 +281,7 @@ def evaluate_run(run: str | Path, out: str | Path | None = None) -> dict:
 
         summary = (open_model(run, with_weights=False)[0].get("training") or {}).get("validation_metrics")
     else:
-        path = run / "metrics.json"
+        path = run / METRICS
         summary = json.loads(path.read_text()) if path.exists() else None
     if not summary:
         raise SparsecoverError(f"{run}: holds no validation metrics (trained with --val-fraction 0?)")

@@ -147,7 +147,8 @@ def describe_package(meta: ModelJson) -> list[tuple[str, str]]:
                   + (", pooled with a per-pixel spectral model" if meta.get("spectral") else "")
                   + (f", an ensemble of {meta['ensemble']}" if meta.get("ensemble", 1) > 1 else "")),
         ("bands", ", ".join(f"{b['name']} ({b['dtype']})" for b in meta["bands"])),
-        ("tile / padding", f"{meta['tile_size']} px / {meta['padding']} px"),
+        # classify tiles by its own --tile-size / --padding; these are what ONNX and Esri runtimes get
+        ("chips", f"{meta['tile_size']} px (ONNX / Esri tiles of that size, {meta['padding']} px padding)"),
         ("resolution", f"{meta['resolution'][0]:g}" if meta.get("resolution") else "unknown"),
     ]
     if training.get("epochs") is not None:  # absent from packages written by hand (no training record)

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import __version__
 from .errors import SparsecoverError, SparsecoverWarning, warn
-from .runfolder import CONFIG, read_history, unfinished
+from .runfolder import CONFIG, LR_PLOT, METRICS, read_history, unfinished
 
 
 def _img(path: Path, alt: str) -> str:
@@ -144,10 +144,10 @@ def build_report(run: str | Path, out: str | Path, classified: str | Path | None
         if history:
             plot_history(history, tmp / "history.png")
             parts = ["<h2>Training</h2>", _img(tmp / "history.png", "training curves")]
-            if (run / "lr_find.png").exists():
+            if (run / LR_PLOT).exists():
                 parts.append(_img(run / "lr_find.png", "LR range test"))
             sections.append("\n".join(parts))
-        if (run / "metrics.json").exists():
+        if (run / METRICS).exists():
             metrics = evaluate_run(run, tmp / "validation")
             sections.append(_metrics_section("Validation (held-out polygons)", metrics,
                                              tmp / "validation" / "confusion_matrix.png"))

@@ -1,4 +1,5 @@
-"""The run folder `train` writes into: whether ``--out`` may start a new run or resume one.
+"""The run folder `train` writes into: its layout (the names below, one place), whether ``--out``
+may start a new run or resume one, and reading what a run recorded.
 
 Kept free of heavy imports so that the CLI refuses a bad ``--out`` at once, before PyTorch and
 Lightning load (about 10 s on 2 cores).
@@ -14,8 +15,16 @@ CONFIG = "config.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 HISTORY = "history.csv"  # one row per finished epoch: written by history.EpochTable, read by read_history
 HISTORY_COLUMNS = ["epoch", "train_loss", "valid_loss", "accuracy", "macro_f1", "lr", "time_s"]
-MODEL_DIR = "model"
+MODEL_DIR = "model"  # model.json + weights.safetensors (sparsecover.modelfile)
 PACKAGE_NAME = "model.sparsecover"  # the one-file package written at the end of every run
+METRICS = "metrics.json"  # validation metrics of the final model on the held-out polygons
+LR_PLOT = "lr_find.png"  # the LR range test, when the LR was found
+
+
+def member_folder(run: Path, index: int) -> Path:
+    """Where ensemble member ``index`` (0-based) keeps checkpoints and history: the run folder for
+    the first (a one-member run looks as it always did), ``member2``, ``member3``... for the others."""
+    return run if index == 0 else run / f"member{index + 1}"
 
 
 def check_run_folder(run: Path, resume: bool) -> None:

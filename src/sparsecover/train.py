@@ -52,7 +52,8 @@ from .history import EpochBar, EpochTable
 from .metrics import summarize
 from .model import Ensemble, check_network, decision_offsets
 from .modelfile import SCHEMA_MAJOR, ModelJson, write_model_folder
-from .runfolder import CONFIG, LAST_CHECKPOINT, MODEL_DIR, PACKAGE_NAME, check_run_folder, read_history
+from .runfolder import (CONFIG, LAST_CHECKPOINT, LR_PLOT, METRICS, MODEL_DIR, PACKAGE_NAME, check_run_folder,
+                        member_folder, read_history)
 from .spectral import MAX_PIXELS, fit_spectral
 from .task import SegmentationTask
 from .trainconfig import (DEFAULT_LR, RESUMABLE_DIFFERENCES, SETTINGS_BEFORE_THEY_EXISTED, TrainConfig,
@@ -288,7 +289,7 @@ def train(chips: ChipsArg, out: str | Path, config: TrainConfig | None = None) -
     existed = run.exists()
     run.mkdir(parents=True, exist_ok=True)
     try:
-        lr = config.lr if config.lr is not None else find_lr(prepared, config, run / "lr_find.png")
+        lr = config.lr if config.lr is not None else find_lr(prepared, config, run / LR_PLOT)
         settings = {**asdict(config), "lr": lr, "dataset": dataset_roots(prepared.dataset)}
         (run / CONFIG).write_text(json.dumps({"settings": settings, "sparsecover_version": __version__}, indent=1))
         return _train(prepared, run, config, lr)
@@ -316,7 +317,7 @@ def _train(prepared: Prepared, run: Path, config: TrainConfig, lr: float) -> Pat
     metrics = None
     if prepared.valid is not None:
         metrics = evaluate_split(task, _loaders(prepared, config)[1], prepared)
-        (run / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        (run / METRICS).write_text(json.dumps(metrics, indent=1))
     save_model_folder(run / MODEL_DIR, task, prepared, config, lr, run, metrics)
     from .package import save_package
 
@@ -325,12 +326,6 @@ def _train(prepared: Prepared, run: Path, config: TrainConfig, lr: float) -> Pat
         for k in range(config.members):
             shutil.rmtree(member_folder(run, k) / LAST_CHECKPOINT.parent, ignore_errors=True)
     return run
-
-
-def member_folder(run: Path, index: int) -> Path:
-    """Where ensemble member ``index`` (0-based) keeps checkpoints and history: the run folder for
-    the first (a one-member run looks as it always did), ``member2``, ``member3``... for the others."""
-    return run if index == 0 else run / f"member{index + 1}"
 
 
 def _fit(prepared: Prepared, config: TrainConfig, lr: float, folder: Path, seed: int,
@@ -348,6 +343,7 @@ def _fit(prepared: Prepared, config: TrainConfig, lr: float, folder: Path, seed:
         pixels, classes = prepared.train.labelled_pixels(MAX_PIXELS, seed)
         fit_spectral(task.model.spectral, pixels, classes, prepared.weights, seed)
     train_loader, valid_loader = _loaders(prepared, config)
+    resume_from = folder / LAST_CHECKPOINT
     monitor = "valid_loss" if valid_loader is not None else "train_loss"
     best = ModelCheckpoint(dirpath=folder / "checkpoints", filename="best", monitor=monitor, mode="min",
                            save_top_k=1, enable_version_counter=False)
@@ -358,7 +354,6 @@ def _fit(prepared: Prepared, config: TrainConfig, lr: float, folder: Path, seed:
     if config.early_stopping:
         callbacks.append(EarlyStopping(monitor=monitor, patience=config.early_stopping, mode="min"))
     trainer = _trainer(config, folder, callbacks, config.epochs)
-    resume_from = folder / LAST_CHECKPOINT
     trainer.fit(task, train_loader, valid_loader, ckpt_path=resume_from if resume and resume_from.exists() else None)
     if not trainer.is_global_zero:
         return None
