@@ -82,8 +82,7 @@ class UnetClassifier:
 
     def lr_find(self, plot: str | Path | None = None) -> float:
         """Run the LR range test; returns the suggested learning rate and saves the curve to ``plot``."""
-        return find_lr(prepare(self.data.dataset, self.config), self.config, Path(plot) if plot else None,
-                       workdir=self.data.path)
+        return find_lr(prepare(self.data.dataset, self.config), self.config, Path(plot) if plot else None)
 
     def fit(self, epochs: int = 10, lr: float | None = DEFAULT_LR, early_stopping: int | None = None,
             out: str | Path | None = None) -> Path:

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import shutil
+import tempfile
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -187,7 +188,7 @@ def _trainer(config: TrainConfig, run: Path | None, callbacks: list, max_epochs:
     )
 
 
-def find_lr(prepared: Prepared, config: TrainConfig, plot: Path | None = None, workdir: Path | None = None) -> float:
+def find_lr(prepared: Prepared, config: TrainConfig, plot: Path | None = None) -> float:
     """LR range test (exponential sweep 1e-6..1 over 100 steps); returns the suggested LR.
 
     The sweep trains on the labelled pixels alone (the semi-supervised term would double its cost
@@ -200,14 +201,16 @@ def find_lr(prepared: Prepared, config: TrainConfig, plot: Path | None = None, w
     steps = 100
     if not config.quiet:
         print(f"LR finder: {steps} steps of {config.batch_size} patches", flush=True)
-    trainer = _trainer(config, None, [], max_epochs=steps // max(1, len(train)) + 2,
-                       root=workdir or (plot.parent if plot else None))
     from lightning.pytorch.tuner import Tuner
 
-    # Lightning's LR finder always draws its own tqdm bar (on stderr): swallow it when quiet
-    with contextlib.redirect_stderr(io.StringIO()) if config.quiet else contextlib.nullcontext():
-        finder = Tuner(trainer).lr_find(task, train_dataloaders=train, min_lr=1e-6, max_lr=1.0,
-                                        num_training=steps, update_attr=False, early_stop_threshold=None)
+    # the finder saves and restores the network through a checkpoint file in the trainer's folder:
+    # a temporary one, so that a killed lr-find leaves no 100 MB file among the user's
+    with tempfile.TemporaryDirectory(prefix="sparsecover-lr-find-") as scratch:
+        trainer = _trainer(config, None, [], max_epochs=steps // max(1, len(train)) + 2, root=Path(scratch))
+        # Lightning's LR finder always draws its own tqdm bar (on stderr): swallow it when quiet
+        with contextlib.redirect_stderr(io.StringIO()) if config.quiet else contextlib.nullcontext():
+            finder = Tuner(trainer).lr_find(task, train_dataloaders=train, min_lr=1e-6, max_lr=1.0,
+                                            num_training=steps, update_attr=False, early_stop_threshold=None)
     suggestion = _suggest(finder.results["lr"], finder.results["loss"]) if finder is not None else DEFAULT_LR
     if plot is not None and finder is not None:
         plot_lr_curve(finder.results["lr"], finder.results["loss"], suggestion, plot)
