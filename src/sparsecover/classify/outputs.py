@@ -117,6 +117,7 @@ class Outputs:
     turned into COGs by :meth:`finish`."""
 
     CHECKPOINT_SECONDS = 2.0  # at least; and at least 20 x what the last checkpoint took (<= 5 % of the run)
+
     def __init__(self, out: Path, extras: dict[str, Path | None], source, meta: ModelJson, settings: Settings,
                  resume: bool) -> None:
         self.finals = {"classes": out, **extras}
