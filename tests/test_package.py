@@ -67,6 +67,23 @@ def test_training_writes_one_package_file_that_describes_itself(run):
     assert [c["Value"] for c in emd["Classes"]] == [1, 2, 3] and emd["ImageHeight"] == 32
 
 
+def test_one_reader_takes_the_package_the_run_and_its_model_folder(run):
+    """open_model: the same model.json and weights from each of the three places a model lives;
+    --weights (fine-tuning) reads a package too."""
+    from sparsecover.model import build_model
+    from sparsecover.modelfile import open_model
+
+    metas, weights = zip(*(open_model(p) for p in (run / "model.sparsecover", run, run / "model")))
+    assert weights[0] == weights[1] == weights[2]
+    assert all(m["encoder"] == "resnet18" and m["classes"] == metas[0]["classes"] for m in metas)
+    assert open_model(run, with_weights=False)[1] is None
+    network = build_model(4, 3, "resnet18", encoder_depth=metas[0]["encoder_depth"],
+                          weights=str(run / "model.sparsecover"))
+    trained = load_model(run).network.context
+    for key, value in network.state_dict().items():
+        torch.testing.assert_close(value, trained.state_dict()[key], msg=key)
+
+
 def test_save_load_gives_bit_identical_predictions(run, train_chips, tmp_path):
     scene = train_chips.parent / "classes_scene.tif"
     from_folder = classify_pixels(scene, run, tmp_path / "a.tif", tile_size=64, padding=16, progress=False)

@@ -5,7 +5,7 @@ hold the same two files: a training run's ``model/`` folder, the run folder (whi
 package, a zip file that adds the sha256 of every other member to model.json. :func:`open_model`
 takes any of the three, checks the schema once and returns model.json and, when asked, the weights;
 :func:`write_model_folder` and :func:`write_package` are the only writers. What model.json holds is
-described by :class:`ModelJson` (docs: "Files sparsecover writes").
+described by :class:`ModelJson` (and, key by key, in docs/model-package.md).
 
 Kept free of PyTorch: `sparsecover check` and `info` read model.json without loading a network.
 """
@@ -50,7 +50,7 @@ class ModelJson(TypedDict, total=False):
     (none) and ``members`` (packages only)."""
 
     schema_version: int
-    architecture: str  # "unet" | "fpn" | "deeplabv3plus"
+    architecture: str  # "unet" | "unetplusplus" | "fpn" | "deeplabv3plus"
     encoder: str  # the backbone, e.g. "resnet34"
     encoder_depth: int
     spectral: bool  # pooled with a per-pixel spectral model (model.PooledNetwork)
