@@ -59,8 +59,9 @@ def _split(text: str | None) -> list[str] | None:
 overwrite_option = click.option("--overwrite", is_flag=True, help="Replace the outputs if they exist.")
 
 
-def quiet_option(help: str = "No progress bars.") -> Callable:
-    return click.option("-q", "--quiet", is_flag=True, help=help)
+def quiet_option(silenced: str = "No progress bars.") -> Callable:
+    """-q/--quiet; ``silenced`` says what it leaves out in this command."""
+    return click.option("-q", "--quiet", is_flag=True, help=silenced)
 
 
 @cli.command()
