@@ -142,7 +142,7 @@ def _train_options(func):
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=TRAIN.device, show_default=True),
         click.option("--precision", type=click.Choice(["32", "16-mixed", "bf16-mixed"]), default=TRAIN.precision,
                      show_default=True),
-        click.option("--weights", help="none (default), imagenet (downloads once), or a run folder / .safetensors / .pt to fine-tune."),
+        click.option("--weights", help="none (default), imagenet (downloads once), or a run folder / .sparsecover package / .safetensors / .pt to fine-tune."),
         click.option("--bands", help="Bands to use, by name or 1-based number, e.g. red,green,blue,nir."),
         click.option("--imagery-type", type=click.Choice(["naip", "landsat8", "sentinel2", "ms", "multispectral"]),
                      help="arcgis.learn-style preset naming the bands."),
