@@ -47,7 +47,7 @@ def test_labels_without_crs(raster, tmp_path):
     path = tmp_path / "nocrs.shp"  # a Shapefile without .prj (GeoJSON would imply WGS84)
     frame.to_file(path)
     path.with_suffix(".prj").unlink(missing_ok=True)
-    with pytest.raises(SparsecoverError, match=r"nocrs.shp: labels have no CRS"):
+    with pytest.raises(SparsecoverError, match=r"nocrs.shp: the label file has no CRS"):
         _run(raster, path, tmp_path)
     _assert_nothing_left(tmp_path)
 

@@ -99,6 +99,21 @@ def test_what_is_not_a_class_map_or_a_missing_exclusion_is_refused(maps, tmp_pat
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("e")]
 
 
+def test_a_reference_raster_is_checked_as_label_rasters_are(maps, tmp_path):
+    # the reference is read by the same label source as export's training labels: values that are
+    # no class are refused rather than scored as classes
+    classified, _, _, sparse = maps
+    fractional = write_raster(tmp_path / "fractional.tif", np.where(sparse == 2, 2.5, sparse).astype("float32"))
+    with pytest.raises(SparsecoverError, match=r"fractional.tif: label value 2.5 is not an integer class value"):
+        evaluate_map(classified, fractional, tmp_path / "e1", progress=False)
+    image = write_raster(tmp_path / "bands.tif", np.stack([sparse, sparse]))
+    with pytest.raises(SparsecoverError, match=r"bands.tif: a label raster must have one band"):
+        evaluate_map(classified, image, tmp_path / "e2", progress=False)
+    as_float = write_raster(tmp_path / "float.tif", sparse.astype("float32"), nodata=-9999)
+    assert evaluate_map(classified, as_float, tmp_path / "e3", progress=False)["pixels"] == \
+        evaluate_map(classified, maps[1], tmp_path / "e4", progress=False)["pixels"]
+
+
 def test_area_estimates_follow_olofsson_example():
     # Olofsson et al. (2014), section 5 example: map strata areas (pixels) and the sample error matrix
     mapped = [200000, 150000, 3200000, 6450000]

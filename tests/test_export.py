@@ -13,6 +13,7 @@ from rasterio import features
 from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 from rasterio.windows import Window
+from shapely.geometry import Point
 
 from conftest import ORIGIN, RES, UTM, make_scene, scene_polygons, write_raster
 from sparsecover.raster import describe, gdal_env, read_window
@@ -48,6 +49,29 @@ def test_label_chips_equal_polygons_rasterised_on_each_window(scene, tmp_path):
         np.testing.assert_array_equal(label, expected, err_msg=chip.id)
         assert np.all((groups > 0) == (label > 0))
         assert label.any()
+
+
+def test_point_labels_label_the_pixel_under_each_point(tmp_path):
+    raster = make_scene(tmp_path)
+    x0, y0 = ORIGIN
+    cells = [(20, 30, 1), (20, 31, 2), (100, 60, 3), (140, 120, 1)]  # (col, row, class): two side by side
+    points = gpd.GeoDataFrame({"klass": [c for _, _, c in cells]},
+                              geometry=[Point(x0 + (col + 0.5) * RES, y0 - (row + 0.5) * RES) for col, row, _ in cells],
+                              crs=UTM)
+    points.to_file(tmp_path / "points.gpkg")
+    out = export_training_data(raster, tmp_path / "points.gpkg", tmp_path / "chips", class_field="klass",
+                               tile_size=32, stride=32, progress=False)
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["labels"]["kind"] == "points"
+    assert [(g["id"], g["class"], g["pixels"]) for g in meta["groups"]] == [(1, 1, 1), (2, 2, 1), (3, 3, 1), (4, 1, 1)]
+    ds = open_chip_dataset(out)
+    found = set()
+    for i, chip in enumerate(ds.chips):
+        _, label, groups = ds.read(i)
+        col0, row0 = chip.window[:2]
+        found |= {(col0 + c, row0 + r, int(label[r, c])) for r, c in zip(*np.nonzero(label))}
+        assert np.array_equal(groups > 0, label > 0)
+    assert found == set(cells)
 
 
 def test_no_label_on_nodata_and_nodata_stripe_kept(scene, tmp_path):

@@ -149,7 +149,7 @@ def test_bad_input_is_one_line(model, scene, tmp_path):
         suggest_labels(scene, model, tmp_path / "taken.gpkg", **kw)
     no_crs = tmp_path / "nocrs.shp"
     class_polygons().set_crs(None, allow_override=True).to_file(no_crs)
-    with pytest.raises(SparsecoverError, match=r"nocrs.shp: labels have no CRS"):
+    with pytest.raises(SparsecoverError, match=r"nocrs.shp: the label file has no CRS"):
         suggest_labels(scene, model, tmp_path / "s.gpkg", labels=no_crs, **kw)
     two_bands = write_raster(tmp_path / "two.tif", np.ones((2, 64, 64), "uint16"))
     with pytest.raises(SparsecoverError, match=r"two.tif: has 2 bands but the model was trained on 4"):

@@ -87,8 +87,9 @@ def stack(bands, output, assets, band_names, resample, cog, overwrite) -> None:
 @cli.command()
 @click.argument("rasters", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--labels", required=True, multiple=True, type=click.Path(path_type=Path),
-              help="Labelled polygons (GPKG, SHP, GeoJSON, FlatGeobuf, GeoParquet) or a classified "
-              "raster (0 = unlabelled). Repeat it to combine polygon files, e.g. the squares from `suggest`.")
+              help="Labelled polygons or points (GPKG, SHP, GeoJSON, FlatGeobuf, GeoParquet; a point labels "
+              "the pixel under it) or a classified raster (0 = unlabelled). Repeat it to combine vector files, "
+              "e.g. the squares from `suggest`.")
 @click.option("--class-field", help="Integer class field of the polygons (classes 1..255).")
 @click.option("--class-name-field", help="Field holding each class's name.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output chip dataset folder.")

@@ -1,8 +1,9 @@
 """`sparsecover evaluate`: map accuracy of a classified raster against a reference, or of a model on
 its validation split.
 
-References: a raster (dense or sparse, 0 / nodata = no reference), polygons (burnt per window with a
-class field) or points (each point scores the pixel under it), reprojected as needed; pixels inside
+References are read by the label sources export reads training labels with (labels.read_labels): a
+class raster (dense or sparse, 0 / nodata = no reference), polygons (burnt per window with a class
+field) or points (each point scores the pixel under it), reprojected as needed; pixels inside
 ``exclude`` polygons (the training polygons, say) are left out. The classified raster is read window
 by window, so memory does not grow with the scene. With a point sample, class areas are estimated
 with 95 % confidence intervals by the stratified estimator of Olofsson et al. (2014), the map
@@ -21,65 +22,32 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 from rasterio import features
-from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
+from shapely.geometry import box
 
 from .classes import MAX_UNNAMED_CLASSES, read_raster_classes
 from .errors import SparsecoverError
-from .labels import VECTOR_SUFFIXES, _integer_classes
+from .labels import LabelGrid, read_label_file, read_labels
 from .metrics import summarize
 from .progress import track
-from .raster import _bounds, block_windows, gdal_env, open_raster
+from .raster import _bounds, block_windows, describe, gdal_env, open_raster
 from .runfolder import METRICS
 
 Z95 = 1.959964
 
 
-def _read_reference_vector(path: Path, class_field: str | None, crs) -> gpd.GeoDataFrame:
-    if class_field is None:
-        raise SparsecoverError(f"{path}: pass --class-field naming the reference class field")
-    try:
-        frame = gpd.read_file(path, engine="pyogrio")
-    except Exception as exc:
-        raise SparsecoverError(f"{path}: cannot read reference ({str(exc).splitlines()[0]})") from None
-    if frame.crs is None:
-        raise SparsecoverError(f"{path}: reference has no CRS; assign one first")
-    if class_field not in frame.columns:
-        fields = ", ".join(c for c in frame.columns if c != "geometry")
-        raise SparsecoverError(f"{path}: no field {class_field!r} (pass --class-field with one of: {fields})")
-    values = _integer_classes(frame[class_field], path, class_field)
-    return gpd.GeoDataFrame({"value": values}, geometry=frame.geometry, crs=frame.crs).to_crs(crs)
-
-
 def _exclusion(path: Path | None, crs) -> gpd.GeoDataFrame | None:
-    if path is None:
-        return None
-    if not path.exists():
-        raise SparsecoverError(f"{path}: exclusion polygons not found; check the --exclude path")
-    try:
-        frame = gpd.read_file(path, engine="pyogrio")
-    except Exception as exc:  # pyogrio's DataSourceError and kin: not a readable vector file
-        raise SparsecoverError(f"{path}: cannot read the exclusion polygons ({str(exc).splitlines()[0]})") from None
-    if frame.crs is None:
-        raise SparsecoverError(f"{path}: exclusion polygons have no CRS; assign one first")
-    return frame.to_crs(crs)
+    return None if path is None else read_label_file(path, "exclusion polygons").to_crs(crs)
 
 
-def _burn(frame: gpd.GeoDataFrame, column: str | None, window: Window, transform, shape) -> np.ndarray:
+def _excluded(frame: gpd.GeoDataFrame, window: Window, transform, shape) -> np.ndarray:
+    """Where ``window`` lies inside the exclusion polygons (touched pixels count, as for labels)."""
     win_transform = rasterio.windows.transform(window, transform)
-    hits = frame.sindex.query(_box(win_transform, shape), predicate="intersects")
+    hits = frame.sindex.query(box(*_bounds(win_transform, shape[1], shape[0])), predicate="intersects")
     if len(hits) == 0:
-        return np.zeros(shape, dtype=np.uint8)
-    subset = frame.iloc[np.sort(hits)]
-    shapes = zip(subset.geometry, subset[column]) if column else ((g, 1) for g in subset.geometry)
-    return features.rasterize(shapes, out_shape=shape, transform=win_transform, all_touched=True, dtype="uint8")
-
-
-def _box(transform, shape):
-    from shapely.geometry import box
-
-    return box(*_bounds(transform, shape[1], shape[0]))
+        return np.zeros(shape, dtype=bool)
+    shapes = ((g, 1) for g in frame.geometry.iloc[np.sort(hits)])
+    return features.rasterize(shapes, out_shape=shape, transform=win_transform, all_touched=True, dtype="uint8") > 0
 
 
 def evaluate_map(classified: str | Path, reference: str | Path, out: str | Path, class_field: str | None = None,
@@ -98,31 +66,16 @@ def evaluate_map(classified: str | Path, reference: str | Path, out: str | Path,
                 "single-band map of integer class values, as `classify` writes")
         names, _ = read_raster_classes(src)
         excluded = _exclusion(exclude, src.crs)
-        if reference.suffix.lower() in VECTOR_SUFFIXES:
-            frame = _read_reference_vector(reference, class_field, src.crs)
-            if frame.geom_type.isin(["Point", "MultiPoint"]).all():
-                counts, sample = _points(src, frame, excluded)
-                kind = "points"
-            else:
-                counts, sample = _windows(src, lambda w, shape: _burn(frame, "value", w, src.transform, shape),
-                                          excluded, progress), None
-                kind = "polygons"
+        truth = read_labels(reference, class_field, what="reference")
+        kind = truth.kind
+        if kind == "points":
+            counts, sample = _points(src, truth.frame.to_crs(src.crs), excluded)
         else:
-            with open_raster(reference) as ref:
-                if ref.crs is None:
-                    raise SparsecoverError(f"{reference}: reference raster has no CRS; assign one first")
-                same = ref.crs == src.crs and ref.transform.almost_equals(src.transform) and ref.shape == src.shape
-                reader = ref if same else WarpedVRT(ref, crs=src.crs, transform=src.transform, width=src.width,
-                                                    height=src.height, resampling=Resampling.nearest)
-
-                def read(window, shape):
-                    data = reader.read(1, window=window, masked=True)
-                    values = np.ma.filled(data.astype(np.float64), 0)
-                    values[~np.isfinite(values) | (values < 0) | (values > 255)] = 0
-                    return values.astype(np.uint8)
-
-                counts, sample = _windows(src, read, excluded, progress), None
-                kind = "raster"
+            grid = truth.on_raster(describe(src))
+            try:
+                counts, sample = _windows(src, grid, excluded, progress), None
+            finally:
+                grid.close()
         mapped = _mapped_pixels(src) if sample is not None else None
         pixel_area = abs(src.transform.a * src.transform.e)
     values = _values(counts, names)
@@ -156,17 +109,17 @@ def _values(counts: dict, names: dict[int, str]) -> list[int]:
     return sorted(seen)
 
 
-def _windows(src, reference_reader, excluded, progress: bool) -> dict[tuple[int, int], int]:
+def _windows(src, reference: LabelGrid, excluded, progress: bool) -> dict[tuple[int, int], int]:
     """(truth, predicted) -> pixel count over every window where both are labelled."""
     counts: dict[tuple[int, int], int] = {}
     windows = list(block_windows(src.width, src.height, 1024))
     for window in track(windows, len(windows), "evaluate", progress):
         shape = (int(window.height), int(window.width))
         predicted = src.read(1, window=window)
-        truth = reference_reader(window, shape)
+        truth, _ = reference.window(window)
         keep = (truth > 0) & (predicted > 0)
         if excluded is not None:
-            keep &= _burn(excluded, None, window, src.transform, shape) == 0
+            keep &= ~_excluded(excluded, window, src.transform, shape)
         if keep.any():
             pairs, n = np.unique(truth[keep].astype(np.int64) * 256 + predicted[keep], return_counts=True)
             for pair, c in zip(pairs.tolist(), n.tolist()):
@@ -185,7 +138,7 @@ def _points(src, frame: gpd.GeoDataFrame, excluded) -> tuple[dict, dict]:
     if excluded is not None:
         keep &= ~frame.geometry.within(excluded.union_all()).to_numpy()
     counts: dict[tuple[int, int], int] = {}
-    for truth, pred in zip(frame["value"].to_numpy()[keep].tolist(), predicted[keep].tolist()):
+    for truth, pred in zip(frame["class_value"].to_numpy()[keep].tolist(), predicted[keep].tolist()):
         counts[(truth, pred)] = counts.get((truth, pred), 0) + 1
     sample = {"total": len(frame), "used": int(keep.sum()), "outside_or_nodata": int((~(inside & (predicted > 0))).sum())}
     return counts, sample

@@ -26,23 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from . import __version__
 from .chips import DATASET_FILE, DATASET_FORMAT, DATASET_VERSION
 from .classes import build_class_table
 from .errors import SparsecoverError, warn
-from .labels import (
-    PolygonLabels,
-    RasterLabels,
-    is_vector,
-    label_window,
-    rasterize_groups,
-    read_label_raster,
-    read_polygon_files,
-    region_groups,
-)
+from .labels import LabelGrid, LabelSource, read_labels, region_groups
 from .progress import track
 from .raster import (
     GDAL_ERRORS,
@@ -68,18 +58,12 @@ BLOCK = 512  # scan-pass block size; also the block inside which raster-label re
 
 @dataclass
 class _Scan:
-    """Per-source results of the scan pass: for raster labels, labels and groups on the raster grid."""
+    """Per-source results of the scan pass: the labels on the raster's grid and, where the source
+    gives no groups (a class raster), the scratch files of labels and numbered regions."""
 
-    labels_path: Path | None
-    groups_path: Path | None
-    frame: object = None  # polygons in the raster's CRS (polygon labels)
-
-
-def _group_lut(frame) -> np.ndarray:
-    """Group id (polygon) -> class value, as an array for fancy indexing."""
-    lut = np.zeros(int(frame["group"].max()) + 1, dtype=np.uint8)
-    lut[frame["group"].to_numpy()] = frame["class_value"].to_numpy()
-    return lut
+    grid: LabelGrid
+    labels_path: Path | None = None
+    groups_path: Path | None = None
 
 
 def chip_fill_value(dtype: str, nodata: float | None) -> float:
@@ -119,7 +103,6 @@ def export_training_data(
     label_paths = [Path(labels)] if isinstance(labels, (str, Path)) else [Path(p) for p in labels]
     if not label_paths:
         raise SparsecoverError("export needs a label file (--labels)")
-    labels = label_paths[0]
     out = Path(out)
     if not raster_paths:
         raise SparsecoverError("export needs at least one raster")
@@ -141,29 +124,19 @@ def export_training_data(
         raise SparsecoverError(f"--tile-size {tile_size} makes chips of {chip_bytes / 2**30:.1f} GiB each (at most "
                                f"{MAX_CHIP_BYTES // 2**30} GiB); use the chip size the model trains on, e.g. 256")
 
-    polygons: PolygonLabels | None = None
-    label_raster: RasterLabels | None = None
-    if len(label_paths) > 1 and not all(is_vector(p) for p in label_paths):
-        raise SparsecoverError(f"{next(p for p in label_paths if not is_vector(p))}: only polygon files can be "
-                               "combined; pass one label raster alone")
-    if is_vector(labels):
-        if class_field is None:
-            raise SparsecoverError(f"{labels}: pass --class-field naming the integer class field")
-        polygons = read_polygon_files(label_paths, class_field, class_name_field)
-    else:
-        label_raster = read_label_raster(labels)
+    label_source = read_labels(label_paths, class_field, class_name_field)
 
     work = staging_folder(out)
     try:
         with gdal_env():
             dataset = _export(
-                sources, polygons, label_raster, work, tile_size, stride, all_tiles,
+                sources, label_source, work, tile_size, stride, all_tiles,
                 class_names or {}, class_colors or {}, workers, progress,
             )
         dataset["labels"] = {
-            "path": str(labels.resolve()),
+            "path": str(label_paths[0].resolve()),
             "paths": [str(p.resolve()) for p in label_paths],
-            "kind": "polygons" if polygons is not None else "raster",
+            "kind": label_source.kind,
             "class_field": class_field,
             "class_name_field": class_name_field,
         }
@@ -195,8 +168,7 @@ def _check_same_bands(sources: list[RasterSource]) -> None:
 
 def _export(
     sources: list[RasterSource],
-    polygons: PolygonLabels | None,
-    label_raster: RasterLabels | None,
+    labels: LabelSource,
     work: Path,
     tile_size: int,
     stride: int,
@@ -217,27 +189,22 @@ def _export(
     scans: list[_Scan | None] = []
     next_region = 1
     for index, source in enumerate(sources):
-        frame = None
-        if polygons is not None:
-            try:
-                frame = polygons.on_raster(source)
-            except SparsecoverError:
-                if len(sources) == 1:
-                    raise
-                warn(f"{polygons.path}: no polygon overlaps {source.path.name}; it gives no chips")
-                scans.append(None)
-                continue
-        else:
-            _check_label_overlap(label_raster, source)
+        try:
+            grid = labels.on_raster(source)
+        except SparsecoverError:
+            if len(sources) == 1:
+                raise
+            warn(f"{labels.path}: no label overlaps {source.path.name}; it gives no chips")
+            scans.append(None)
+            continue
         scan, next_region = _scan(
-            index, source, frame, label_raster, scratch, stats, group_class, group_pixels,
+            index, source, grid, scratch, stats, group_class, group_pixels,
             group_source, next_region, workers, progress,
         )
         scans.append(scan)
     if not group_pixels:
-        where = polygons.path if polygons is not None else label_raster.path
         raise SparsecoverError(
-            f"{where}: no label falls on valid imagery (all labelled pixels are nodata or outside)"
+            f"{labels.path}: no label falls on valid imagery (all labelled pixels are nodata or outside)"
         )
     if stats.needs_histogram_pass:
         for source in sources:
@@ -245,12 +212,8 @@ def _export(
 
     for sub in ("images", "labels", "groups"):
         (work / sub).mkdir()
-    class_values = sorted(
-        set(polygons.frame["class_value"].tolist()) if polygons is not None else set(group_class.values())
-    )
-    label_names = polygons.names if polygons is not None else label_raster.names
-    label_colors = label_raster.colors if label_raster is not None else {}
-    class_table = build_class_table(class_values, {**label_names, **class_names}, {**label_colors, **class_colors})
+    class_values = labels.class_values() or sorted(set(group_class.values()))
+    class_table = build_class_table(class_values, {**labels.names, **class_names}, {**labels.colors, **class_colors})
     colormap = {c.value: (*c.rgb, 255) for c in class_table}
     fill = chip_fill_value(first.dtype, first.bands[0].nodata)
     chips = []
@@ -260,6 +223,7 @@ def _export(
                 index, source, scan, work, tile_size, stride, all_tiles, fill, colormap,
                 workers, progress,
             )
+            scan.grid.close()
     shutil.rmtree(scratch)
     if not chips:
         raise SparsecoverError("no chip holds a labelled, valid pixel; check labels and imagery overlap")
@@ -308,20 +272,10 @@ def _export(
     }
 
 
-def _check_label_overlap(labels: RasterLabels, raster: RasterSource) -> None:
-    bounds = transform_bounds(labels.source.crs, raster.crs, *labels.source.bounds)
-    r = raster.bounds
-    if bounds[0] >= r[2] or bounds[2] <= r[0] or bounds[1] >= r[3] or bounds[3] <= r[1]:
-        raise SparsecoverError(
-            f"{labels.path}: label raster does not overlap {raster.path.name}; check both cover the same area"
-        )
-
-
 def _scan(
     index: int,
     source: RasterSource,
-    frame,
-    label_raster: RasterLabels | None,
+    grid: LabelGrid,
     scratch: Path,
     stats: BandStatistics,
     group_class: dict[int, int],
@@ -331,36 +285,29 @@ def _scan(
     workers: int,
     progress: bool,
 ) -> tuple[_Scan, int]:
-    """Pass 1 over one raster: statistics, labels and groups on the grid, pixel counts."""
-    if frame is not None:
-        scan = _Scan(None, None, frame)
-    else:
-        scan = _Scan(scratch / f"labels_{index}.tif", scratch / f"groups_{index}.tif")
+    """Pass 1 over one raster: statistics, labels and groups on the grid, pixel counts.
+
+    A source that gives no groups has its regions numbered here, block by block in order (so the
+    numbering is the same however the threads run), and written to scratch files for the chip pass.
+    """
+    scan = _Scan(grid)
     profile = {
         "driver": "GTiff", "width": source.width, "height": source.height, "count": 1,
         "crs": source.crs, "transform": source.transform, "tiled": True, "blockxsize": 256,
         "blockysize": 256, "compress": "deflate", "nodata": 0,
     }
-    group_lut = _group_lut(frame) if frame is not None else None
     handles = ThreadHandles()
 
     def work(window: Window):
-        src = handles.get(source.path)
-        data, band_valid = read_window(src, window, source.band_indexes)
-        valid = band_valid.any(0)
-        if frame is not None:
-            groups = rasterize_groups(frame, window, source.transform)
-            labels = group_lut[groups]
-        else:
-            reader = handles.get(label_raster.path, lambda _: label_raster.reader(source))
-            labels = label_window(reader, window, label_raster.path)
-            groups = None
-        labels[~valid] = 0
+        data, band_valid = read_window(handles.get(source.path), window, source.band_indexes)
+        labels, groups = grid.window(window)
+        labels[~band_valid.any(0)] = 0
         return window, data[:, band_valid.all(0)], labels, groups  # statistics from complete pixels
 
     windows = list(block_windows(source.width, source.height, BLOCK))
     with contextlib.ExitStack() as stack, thread_pool(workers, "sparsecover-export") as pool:
-        if scan.labels_path is not None:
+        if not grid.gives_groups:
+            scan.labels_path, scan.groups_path = scratch / f"labels_{index}.tif", scratch / f"groups_{index}.tif"
             lab_dst = stack.enter_context(create(scan.labels_path, dtype="uint8", **profile))
             grp_dst = stack.enter_context(create(scan.groups_path, dtype="uint32", **profile))
         results = pool.map(work, windows)
@@ -420,13 +367,10 @@ def _chip_pass(
     ]
     base = {"driver": "GTiff", "width": tile, "height": tile, "crs": source.crs, "compress": "deflate"}
 
-    lut = _group_lut(scan.frame) if scan.frame is not None else None
-
     def write(window: Window) -> dict | None:
-        # Polygons are burnt on each chip's own window, so a chip equals its polygons rasterised there.
-        if scan.frame is not None:
-            groups = rasterize_groups(scan.frame, window, source.transform)
-            labels = lut[groups]
+        # Features are burnt on each chip's own window, so a chip equals its polygons rasterised there.
+        if scan.labels_path is None:
+            labels, groups = scan.grid.window(window)
         else:
             labels = read_padded(handles.get(scan.labels_path), window, 1)
             groups = read_padded(handles.get(scan.groups_path), window, 1)

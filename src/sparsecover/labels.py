@@ -1,4 +1,7 @@
-"""Training labels: polygons (any OGR vector) or a classified raster, validated and put on the raster grid.
+"""Label sources: polygons or points (any OGR vector) or a classified raster, validated and put on a
+raster's grid. Export reads its training labels and evaluate its reference through the same sources:
+:func:`read_labels` opens any of them, ``on_raster`` binds one to a raster's grid, and the bound
+grid's ``window`` gives the class values (and spatial groups) of any window.
 
 Every labelled pixel also gets a *spatial group*: the polygon it came from, or, for a classified raster,
 the connected region of one class inside a block. Training splits by group so that a validation
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import geopandas as gpd
 import numpy as np
@@ -21,6 +25,7 @@ from rasterio import features
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from scipy import ndimage
 from shapely import make_valid
@@ -28,39 +33,101 @@ from shapely.geometry import box
 
 from .classes import read_raster_classes
 from .errors import SparsecoverError, warn
-from .raster import CREATE_LOCK, RasterSource, _bounds, _first_line, describe, open_raster, read_padded
+from .raster import CREATE_LOCK, RasterSource, ThreadHandles, _bounds, _first_line, describe, open_raster, read_padded
 
 VECTOR_SUFFIXES = {".gpkg", ".shp", ".geojson", ".json", ".fgb", ".parquet", ".geoparquet", ".gml", ".kml", ".sqlite"}
 
 MAX_CLASS = 255
 
 
+class LabelGrid(Protocol):
+    """A label source bound to one raster's grid (see ``on_raster``)."""
+
+    gives_groups: bool  # True: ``window`` returns each pixel's group; False: the caller numbers regions
+
+    def window(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class values (uint8, 0 = unlabelled) of ``window``, and each pixel's spatial group (uint32,
+        0 = none) where the source knows it (a feature's id), else None."""
+
+    def close(self) -> None:
+        """Release what reading opened."""
+
+
+class LabelSource(Protocol):
+    """Labels of any kind, as export and evaluate use them."""
+
+    path: Path
+    names: dict[int, str]  # class names the source carries
+    colors: dict[int, str]  # class colours the source carries
+
+    @property
+    def kind(self) -> str:
+        """"polygons", "points" or "raster": what dataset.json and metrics.json record."""
+
+    def class_values(self) -> list[int] | None:
+        """The classes the source declares, or None where only reading the pixels tells (a raster)."""
+
+    def on_raster(self, raster: RasterSource) -> LabelGrid:
+        """The source on ``raster``'s grid; one clear error when it does not overlap the raster."""
+
+
 @dataclass
-class PolygonLabels:
-    """Validated label polygons (in their own CRS) with a class value per feature."""
+class VectorLabels:
+    """Validated label polygons or points (in their own CRS) with a class value per feature.
+
+    A point labels the pixel under it; a polygon every pixel it touches. Each feature is a spatial
+    group of its own.
+    """
 
     path: Path
     frame: gpd.GeoDataFrame  # columns: geometry, class_value, group
     class_field: str
     names: dict[int, str]
+    colors: dict[int, str] = field(default_factory=dict)
 
-    def on_raster(self, raster: RasterSource) -> gpd.GeoDataFrame:
-        """The polygons reprojected to the raster's CRS, those outside it dropped (with a warning).
+    @property
+    def kind(self) -> str:
+        return "points" if self.frame.geom_type.isin(["Point", "MultiPoint"]).all() else "polygons"
 
-        Each kept feature gets ``group``: its 1-based position in the file, stable across rasters.
+    def class_values(self) -> list[int]:
+        return sorted(set(self.frame["class_value"].tolist()))
+
+    def on_raster(self, raster: RasterSource) -> VectorGrid:
+        """The features reprojected to the raster's CRS, those outside it dropped (with a warning).
+
+        Each kept feature keeps ``group``: its 1-based position in the file, stable across rasters.
         """
         frame = self.frame.to_crs(raster.crs) if self.frame.crs != raster.crs else self.frame
         inside = frame.intersects(box(*raster.bounds))
         if not inside.any():
             raise SparsecoverError(
-                f"{self.path}: no polygon overlaps {raster.path.name} "
+                f"{self.path}: no {self.kind[:-1]} overlaps {raster.path.name} "
                 f"(raster bounds {_fmt_bounds(raster.bounds)} in {raster.crs.to_string()}, "
-                f"polygons {_fmt_bounds(tuple(frame.total_bounds))}); check both files cover the same area"
+                f"{self.kind} {_fmt_bounds(tuple(frame.total_bounds))}); check both files cover the same area"
             )
         outside = int((~inside).sum())
         if outside:
-            warn(f"{self.path}: {outside} of {len(frame)} polygons lie outside {raster.path.name}; ignored")
-        return frame[inside]
+            warn(f"{self.path}: {outside} of {len(frame)} {self.kind} lie outside {raster.path.name}; ignored")
+        return VectorGrid(frame[inside], raster.transform)
+
+
+class VectorGrid:
+    """Features burnt window by window: what export's chips and evaluate's windows both read."""
+
+    gives_groups = True
+
+    def __init__(self, frame: gpd.GeoDataFrame, transform) -> None:
+        self.frame = frame
+        self.transform = transform
+        self._class_of = np.zeros(int(frame["group"].max()) + 1, dtype=np.uint8)  # group -> class
+        self._class_of[frame["group"].to_numpy()] = frame["class_value"].to_numpy()
+
+    def window(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        groups = rasterize_groups(self.frame, window, self.transform)
+        return self._class_of[groups], groups
+
+    def close(self) -> None:
+        pass
 
 
 def _fmt_bounds(bounds: tuple[float, ...]) -> str:
@@ -71,25 +138,45 @@ def is_vector(path: Path) -> bool:
     return path.suffix.lower() in VECTOR_SUFFIXES or path.is_dir()
 
 
-def read_label_file(path: Path) -> gpd.GeoDataFrame:
-    """Any vector file of labels, read, with a CRS (one line naming the file otherwise)."""
+def read_labels(paths: str | Path | list[Path], class_field: str | None = None, name_field: str | None = None,
+                what: str = "label file") -> LabelSource:
+    """Open labels of any kind: vector files (polygons or points, several read as one) or one class raster.
+
+    ``what`` names the file in errors ("label file", "reference"). Vectors need ``class_field``.
+    """
+    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    if not paths:
+        raise SparsecoverError(f"no {what} given")
+    rasters = [p for p in paths if not is_vector(p)]
+    if rasters and len(paths) > 1:
+        raise SparsecoverError(f"{rasters[0]}: only vector files can be combined; pass one label raster alone")
+    if rasters:
+        return read_label_raster(paths[0])
+    if class_field is None:
+        raise SparsecoverError(f"{paths[0]}: pass --class-field naming the integer class field")
+    return read_vector_files(paths, class_field, name_field, what)
+
+
+def read_label_file(path: Path, what: str = "label file") -> gpd.GeoDataFrame:
+    """Any vector file, read, with a CRS (one line naming the file and ``what`` it is otherwise)."""
     if not path.exists():
-        raise SparsecoverError(f"{path}: label file not found")
+        raise SparsecoverError(f"{path}: {what} not found; check the path")
     try:
         frame = gpd.read_file(path, engine="pyogrio")
     except Exception as exc:  # pyogrio raises several types for unreadable files
-        raise SparsecoverError(f"{path}: cannot read labels ({_first_line(exc)})") from None
+        raise SparsecoverError(f"{path}: cannot read the {what} ({_first_line(exc)})") from None
     if frame.crs is None:
         raise SparsecoverError(
-            f"{path}: labels have no CRS; assign one (e.g. `ogr2ogr -a_srs EPSG:XXXX out.gpkg {path.name}`)"
+            f"{path}: the {what} has no CRS; assign one (e.g. `ogr2ogr -a_srs EPSG:XXXX out.gpkg {path.name}`)"
         )
     return frame
 
 
-def read_polygons(path: str | Path, class_field: str, name_field: str | None = None) -> PolygonLabels:
-    """Read and validate labelled polygons: CRS present, class field integer in 1..255, geometry valid."""
+def read_vectors(path: str | Path, class_field: str, name_field: str | None = None,
+                 what: str = "label file") -> VectorLabels:
+    """Read and validate labelled features: CRS present, class field integer in 1..255, geometry valid."""
     path = Path(path)
-    frame = read_label_file(path)
+    frame = read_label_file(path, what)
     if len(frame) == 0:
         raise SparsecoverError(f"{path}: label file holds no features; draw some polygons first")
     for wanted, option in ((class_field, "--class-field"), (name_field, "--class-name-field")):
@@ -119,13 +206,14 @@ def read_polygons(path: str | Path, class_field: str, name_field: str | None = N
             previous = names.setdefault(int(value), str(name))
             if previous != str(name):
                 warn(f"{path}: class {value} is named both {previous!r} and {name!r}; using {previous!r}")
-    return PolygonLabels(path=path, frame=frame, class_field=class_field, names=names)
+    return VectorLabels(path=path, frame=frame, class_field=class_field, names=names)
 
 
-def read_polygon_files(paths: list[Path], class_field: str, name_field: str | None = None) -> PolygonLabels:
+def read_vector_files(paths: list[Path], class_field: str, name_field: str | None = None,
+                      what: str = "label file") -> VectorLabels:
     """Several label files read as one (e.g. the first polygons and the squares of `suggest`, once
-    labelled): each validated by :func:`read_polygons`, their features numbered on as groups."""
-    parts = [read_polygons(p, class_field, name_field) for p in paths]
+    labelled): each validated by :func:`read_vectors`, their features numbered on as groups."""
+    parts = [read_vectors(p, class_field, name_field, what) for p in paths]
     if len(parts) == 1:
         return parts[0]
     crs = parts[0].frame.crs
@@ -138,7 +226,7 @@ def read_polygon_files(paths: list[Path], class_field: str, name_field: str | No
         for value, name in part.names.items():
             names.setdefault(value, name)
     frame = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=crs)
-    return PolygonLabels(path=parts[0].path, frame=frame, class_field=class_field, names=names)
+    return VectorLabels(path=parts[0].path, frame=frame, class_field=class_field, names=names)
 
 
 def _integer_classes(column: pd.Series, path: Path, field: str) -> np.ndarray:
@@ -212,6 +300,20 @@ class RasterLabels:
     source: RasterSource
     names: dict[int, str] = field(default_factory=dict)  # what the raster carries (classes.read_raster_classes)
     colors: dict[int, str] = field(default_factory=dict)
+    kind = "raster"
+
+    def class_values(self) -> None:
+        return None
+
+    def on_raster(self, raster: RasterSource) -> RasterGrid:
+        """The class raster read on ``raster``'s grid (warped by nearest neighbour where grids differ)."""
+        bounds = transform_bounds(self.source.crs, raster.crs, *self.source.bounds)
+        r = raster.bounds
+        if bounds[0] >= r[2] or bounds[2] <= r[0] or bounds[1] >= r[3] or bounds[3] <= r[1]:
+            raise SparsecoverError(
+                f"{self.path}: does not overlap {raster.path.name}; check both cover the same area"
+            )
+        return RasterGrid(self, raster)
 
     def reader(self, raster: RasterSource) -> rasterio.io.DatasetReader | WarpedVRT:
         """Open the labels on ``raster``'s grid: directly when grids agree, else nearest-neighbour warped."""
@@ -232,6 +334,24 @@ class RasterLabels:
             resampling=Resampling.nearest,
             nodata=0,
         )
+
+
+class RasterGrid:
+    """A class raster on another raster's grid, one open dataset per reading thread."""
+
+    gives_groups = False
+
+    def __init__(self, labels: RasterLabels, raster: RasterSource) -> None:
+        self.labels = labels
+        self.raster = raster
+        self._handles = ThreadHandles()
+
+    def window(self, window: Window) -> tuple[np.ndarray, None]:
+        reader = self._handles.get(self.labels.path, lambda _: self.labels.reader(self.raster))
+        return label_window(reader, window, self.labels.path), None
+
+    def close(self) -> None:
+        self._handles.close()
 
 
 def read_label_raster(path: str | Path) -> RasterLabels:
