@@ -7,7 +7,6 @@ reads almost unchanged; underneath are the same functions the CLI calls (:mod:`s
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from .chips import ChipDataset
 from .combine import open_chip_datasets
 from .errors import SparsecoverError
 from .predict import LoadedModel
-from .runfolder import METRICS, MODEL_DIR
+from .runfolder import RunFolder
 from .train import find_lr, prepare, train
 from .trainconfig import DEFAULT_LR, TrainConfig
 
@@ -99,9 +98,10 @@ class UnetClassifier:
         return self.run
 
     def _metrics(self) -> dict:
-        if self.run is None or not (self.run / METRICS).exists():
+        metrics = RunFolder(self.run).validation_metrics() if self.run is not None else None
+        if metrics is None:
             raise SparsecoverError("no validation metrics yet: call fit() first (with val_fraction > 0)")
-        return json.loads((self.run / METRICS).read_text())
+        return metrics
 
     def per_class_metrics(self):
         """Precision, recall and F1 per class on the held-out polygons, as a pandas DataFrame."""
@@ -157,4 +157,4 @@ class UnetClassifier:
             raise SparsecoverError("nothing to save: call fit() first")
         target = Path(name) if Path(name).is_absolute() or "/" in str(name) else self.data.path / "models" / str(name)
         target.parent.mkdir(parents=True, exist_ok=True)
-        return save_package(self.run / MODEL_DIR, target, onnx=onnx, overwrite=True)
+        return save_package(RunFolder(self.run).model, target, onnx=onnx, overwrite=True)

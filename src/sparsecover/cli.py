@@ -184,9 +184,9 @@ def _config(**kw):
 def train(chips, out, epochs, lr, early_stopping, devices, num_nodes, strategy, resume, onnx, keep_checkpoints,
           **kw) -> None:
     """Train a segmentation model (U-Net, ResNet34 by default) on one or more chip datasets."""
-    from .runfolder import METRICS, PACKAGE_NAME, check_run_folder
+    from .runfolder import RunFolder
 
-    check_run_folder(out, resume)  # at once: the training stack takes seconds to import
+    RunFolder(out).check(resume)  # at once: the training stack takes seconds to import
     from .train import train as run_training
 
     try:
@@ -196,15 +196,12 @@ def train(chips, out, epochs, lr, early_stopping, devices, num_nodes, strategy, 
     config = _config(epochs=epochs, lr=learning_rate, early_stopping=early_stopping, devices=devices,
                      num_nodes=num_nodes, strategy=strategy, resume=resume, onnx=onnx,
                      keep_checkpoints=keep_checkpoints, **kw)
-    run = run_training(list(chips), out, config)
-    metrics = run / METRICS
-    if metrics.exists():
-        import json
-
-        summary = json.loads(metrics.read_text())
+    run = RunFolder(run_training(list(chips), out, config))
+    summary = run.validation_metrics()
+    if summary is not None:
         out_console.print(f"validation (held-out polygons): accuracy {summary['overall_accuracy']:.3f}, "
                           f"macro-F1 {summary['macro_f1']:.3f}, kappa {summary['kappa']:.3f}")
-    out_console.print(f"run folder: {run}  (model package: {run / PACKAGE_NAME})")
+    out_console.print(f"run folder: {run.root}  (model package: {run.package})")
 
 
 @cli.command("lr-find")

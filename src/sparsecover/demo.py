@@ -19,7 +19,7 @@ from .export import export_training_data
 from .evaluate import evaluate_map, evaluate_run
 from .classify import classify_pixels
 from .report import build_report
-from .runfolder import HISTORY, LR_PLOT
+from .runfolder import RunFolder
 from .stack import stack_bands
 from .train import TrainConfig, train
 
@@ -55,8 +55,9 @@ def run_demo(out: str | Path = "sparsecover-demo", overwrite: bool = False, prog
     )
     open_chip_dataset(chips)  # the artifact must read back
     run = train(chips, out / "run", TrainConfig(backbone=backbone, epochs=epochs, lr=None, quiet=not progress))
+    folder = RunFolder(run)
     evaluate_run(run, out / "validation")
-    classified = classify_pixels(scene, run / "model.sparsecover", out / "landcover.tif", progress=progress,
+    classified = classify_pixels(scene, folder.package, out / "landcover.tif", progress=progress,
                                  vector=out / "landcover.gpkg", min_area=DEMO_MIN_AREA)
     scores = evaluate_map(classified, data / "strata.tif", out / "evaluation", exclude=data / "landsat96_polygons.gpkg",
                           progress=progress)
@@ -66,8 +67,8 @@ def run_demo(out: str | Path = "sparsecover-demo", overwrite: bool = False, prog
                           evaluation=[out / "evaluation", out / "evaluation_points"], vector=out / "landcover.gpkg")
     artifacts = {
         "stacked scene (VRT)": scene, "chip dataset": chips, "training run": run,
-        "LR finder plot": run / LR_PLOT, "epoch history": run / HISTORY,
-        "model package": run / "model.sparsecover", "validation metrics": out / "validation",
+        "LR finder plot": folder.lr_plot, "epoch history": folder.history_file,
+        "model package": folder.package, "validation metrics": out / "validation",
         "land-cover map": classified, "vector map (GeoPackage)": out / "landcover.gpkg",
         "map vs reference map": out / "evaluation",
         "map vs reference points": out / "evaluation_points", "report": report,

@@ -31,7 +31,7 @@ from .labels import LabelGrid, read_label_file, read_labels
 from .metrics import summarize
 from .progress import track
 from .raster import _bounds, block_windows, describe, gdal_env, open_raster
-from .runfolder import METRICS
+from .runfolder import RunFolder
 
 Z95 = 1.959964
 
@@ -234,8 +234,7 @@ def evaluate_run(run: str | Path, out: str | Path | None = None) -> dict:
 
         summary = (open_model(run, with_weights=False)[0].get("training") or {}).get("validation_metrics")
     else:
-        path = run / METRICS
-        summary = json.loads(path.read_text()) if path.exists() else None
+        summary = RunFolder(run).validation_metrics()
     if not summary:
         raise SparsecoverError(f"{run}: holds no validation metrics (trained with --val-fraction 0?)")
     write_outputs(summary, Path(out) if out else (run.parent if run.is_file() else run) / "evaluation")

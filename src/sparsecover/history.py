@@ -1,16 +1,15 @@
 """What a training run shows and records as its epochs end: the progress bar, and the epoch table
-printed and kept in ``history.csv`` (read back by :func:`sparsecover.runfolder.read_history`)."""
+printed and kept in ``history.csv`` (read back by :meth:`sparsecover.runfolder.RunFolder.history`)."""
 
 from __future__ import annotations
 
 import csv
 import os
 import time
-from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
-from .runfolder import HISTORY, HISTORY_COLUMNS, read_history
+from .runfolder import HISTORY, HISTORY_COLUMNS, RunFolder
 
 
 class EpochBar(TQDMProgressBar):
@@ -24,7 +23,7 @@ class EpochBar(TQDMProgressBar):
 class EpochTable(Callback):
     """Prints one row per epoch and keeps history.csv complete, across --resume too."""
 
-    def __init__(self, folder: Path, quiet: bool) -> None:
+    def __init__(self, folder: RunFolder, quiet: bool) -> None:
         self.folder = folder
         self.quiet = quiet
         self.started = 0.0
@@ -34,7 +33,7 @@ class EpochTable(Callback):
         start = trainer.current_epoch  # restored from the checkpoint by now, when resuming
         if not trainer.is_global_zero:
             return
-        self.rows = [r for r in read_history(self.folder) if int(r["epoch"]) < start]
+        self.rows = [r for r in self.folder.history() if int(r["epoch"]) < start]
         self._write()
         if not self.quiet and not self.rows:
             print("  ".join(f"{c:>10}" for c in HISTORY_COLUMNS))
@@ -63,12 +62,12 @@ class EpochTable(Callback):
             print("  ".join(_fmt(shown[c]) for c in HISTORY_COLUMNS), flush=True)
 
     def _write(self) -> None:
-        tmp = self.folder / f".{HISTORY}.tmp"
+        tmp = self.folder.root / f".{HISTORY}.tmp"
         with tmp.open("w", newline="") as fh:
             writer = csv.DictWriter(fh, HISTORY_COLUMNS)
             writer.writeheader()
             writer.writerows(self.rows)
-        os.replace(tmp, self.folder / HISTORY)
+        os.replace(tmp, self.folder.history_file)
 
 
 def _metric(metrics: dict, name: str) -> float | str:

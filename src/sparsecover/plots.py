@@ -114,7 +114,7 @@ def plot_confusion(matrix: np.ndarray, names: list[str], path: str | Path) -> No
 
 
 def plot_history(rows: list[dict[str, str]], path: str | Path) -> None:
-    """Training curves from history.csv's rows (:func:`sparsecover.runfolder.read_history`): losses,
+    """Training curves from history.csv's rows (:meth:`sparsecover.runfolder.RunFolder.history`): losses,
     and validation accuracy / macro-F1."""
     plt = _pyplot()
 

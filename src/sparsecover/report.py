@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import SparsecoverError, SparsecoverWarning, warn
-from .runfolder import CONFIG, LR_PLOT, METRICS, read_history, unfinished
+from .errors import SparsecoverWarning, warn
+from .runfolder import RunFolder
 
 
 def _img(path: Path, alt: str) -> str:
@@ -115,12 +115,11 @@ def build_report(run: str | Path, out: str | Path, classified: str | Path | None
     from .predict import load_model
     from .train import TrainConfig, prepare
 
-    run, out = Path(run), Path(out)
-    if not (run / CONFIG).exists():
-        raise SparsecoverError(f"{run}: not a training run folder (no {CONFIG})")
-    config = json.loads((run / CONFIG).read_text())["settings"]
+    folder, out = RunFolder(Path(run)), Path(out)
+    run = folder.root
+    config = folder.settings()
     sections = []
-    incomplete = unfinished(run)
+    incomplete = folder.unfinished()
     if incomplete is not None:  # a killed run: say so first, not only by what is missing below
         warn(incomplete)
         sections.append(f"<p class='warning'><b>Incomplete run.</b> {html.escape(incomplete)}</p>")
@@ -140,14 +139,14 @@ def build_report(run: str | Path, out: str | Path, classified: str | Path | None
                 + _table(["value", "class", "colour", "labelled pixels"], class_rows)
             )
         sections.append(_settings_section(config))
-        history = read_history(run)
+        history = folder.history()
         if history:
             plot_history(history, tmp / "history.png")
             parts = ["<h2>Training</h2>", _img(tmp / "history.png", "training curves")]
-            if (run / LR_PLOT).exists():
-                parts.append(_img(run / "lr_find.png", "LR range test"))
+            if folder.lr_plot.exists():
+                parts.append(_img(folder.lr_plot, "LR range test"))
             sections.append("\n".join(parts))
-        if (run / METRICS).exists():
+        if folder.metrics.exists():
             metrics = evaluate_run(run, tmp / "validation")
             sections.append(_metrics_section("Validation (held-out polygons)", metrics,
                                              tmp / "validation" / "confusion_matrix.png"))

@@ -1,5 +1,5 @@
-"""The run folder `train` writes into: its layout (the names below, one place), whether ``--out``
-may start a new run or resume one, and reading what a run recorded.
+"""The run folder `train` writes into: :class:`RunFolder` knows where each of its files lies, whether
+``--out`` may start a new run or resume one, and reads what a run recorded.
 
 Kept free of heavy imports so that the CLI refuses a bad ``--out`` at once, before PyTorch and
 Lightning load (about 10 s on 2 cores).
@@ -7,13 +7,16 @@ Lightning load (about 10 s on 2 cores).
 
 from __future__ import annotations
 
+import csv
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SparsecoverError
 
-CONFIG = "config.json"
+CONFIG = "config.json"  # the settings the run started with (the LR found included), for --resume and report
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
-HISTORY = "history.csv"  # one row per finished epoch: written by history.EpochTable, read by read_history
+HISTORY = "history.csv"  # one row per finished epoch: written by history.EpochTable, read by RunFolder.history
 HISTORY_COLUMNS = ["epoch", "train_loss", "valid_loss", "accuracy", "macro_f1", "lr", "time_s"]
 MODEL_DIR = "model"  # model.json + weights.safetensors (sparsecover.modelfile)
 PACKAGE_NAME = "model.sparsecover"  # the one-file package written at the end of every run
@@ -21,42 +24,87 @@ METRICS = "metrics.json"  # validation metrics of the final model on the held-ou
 LR_PLOT = "lr_find.png"  # the LR range test, when the LR was found
 
 
-def member_folder(run: Path, index: int) -> Path:
-    """Where ensemble member ``index`` (0-based) keeps checkpoints and history: the run folder for
-    the first (a one-member run looks as it always did), ``member2``, ``member3``... for the others."""
-    return run if index == 0 else run / f"member{index + 1}"
+@dataclass(frozen=True)
+class RunFolder:
+    """One training run on disk. Ensemble members other than the first keep their checkpoints and
+    history in ``member2``, ``member3``... (see :meth:`member`)."""
 
+    root: Path
 
-def check_run_folder(run: Path, resume: bool) -> None:
-    """Refuse an ``--out`` that is a file, a used folder for a new run, or a folder without a run to resume."""
-    if run.exists() and not run.is_dir():
-        raise SparsecoverError(f"{run}: is a file; --out names the run folder to create")
-    if resume:
-        if (run / PACKAGE_NAME).exists() and not (run / LAST_CHECKPOINT).exists():
-            raise SparsecoverError(f"{run}: this run has finished ({PACKAGE_NAME} is there); nothing to resume")
-        if not (run / CONFIG).exists() or not (run / LAST_CHECKPOINT).exists():
-            raise SparsecoverError(f"{run}: nothing to resume (no {CONFIG} and {LAST_CHECKPOINT.as_posix()})")
-    elif run.exists() and any(run.iterdir()):
-        raise SparsecoverError(f"{run}: run folder exists and is not empty; use --resume or a new --out")
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG
 
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.root / LAST_CHECKPOINT
 
-def read_history(folder: Path) -> list[dict[str, str]]:
-    """The rows of ``folder``'s history.csv (none before the first epoch has ended), as strings."""
-    import csv
+    @property
+    def checkpoints(self) -> Path:
+        return self.last_checkpoint.parent
 
-    if not (folder / HISTORY).exists():
-        return []
-    with (folder / HISTORY).open() as fh:
-        return list(csv.DictReader(fh))
+    @property
+    def history_file(self) -> Path:
+        return self.root / HISTORY
 
+    @property
+    def model(self) -> Path:
+        return self.root / MODEL_DIR
 
-def unfinished(run: Path) -> str | None:
-    """Why ``run`` holds no finished model (a killed or failed run), or None when it has one."""
-    if (run / PACKAGE_NAME).exists():
-        return None
-    import json
+    @property
+    def package(self) -> Path:
+        return self.root / PACKAGE_NAME
 
-    epochs = json.loads((run / CONFIG).read_text())["settings"].get("epochs")
-    done = len(read_history(run))
-    return (f"{run}: training did not finish ({done} of {epochs} epochs in {HISTORY}, no {PACKAGE_NAME}); "
-            f"continue it with `sparsecover train CHIPS --out {run} --resume`")
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS
+
+    @property
+    def lr_plot(self) -> Path:
+        return self.root / LR_PLOT
+
+    def member(self, index: int) -> RunFolder:
+        """Where ensemble member ``index`` (0-based) keeps checkpoints and history: the run folder for
+        the first (a one-member run looks as it always did), ``member2``, ``member3``... for the others."""
+        return self if index == 0 else RunFolder(self.root / f"member{index + 1}")
+
+    def check(self, resume: bool) -> None:
+        """Refuse an ``--out`` that is a file, a used folder for a new run, or a folder without a run to resume."""
+        run = self.root
+        if run.exists() and not run.is_dir():
+            raise SparsecoverError(f"{run}: is a file; --out names the run folder to create")
+        if resume:
+            if self.package.exists() and not self.last_checkpoint.exists():
+                raise SparsecoverError(f"{run}: this run has finished ({PACKAGE_NAME} is there); nothing to resume")
+            if not self.config.exists() or not self.last_checkpoint.exists():
+                raise SparsecoverError(f"{run}: nothing to resume (no {CONFIG} and {LAST_CHECKPOINT.as_posix()})")
+        elif run.exists() and any(run.iterdir()):
+            raise SparsecoverError(f"{run}: run folder exists and is not empty; use --resume or a new --out")
+
+    def write_settings(self, settings: dict, version: str) -> None:
+        self.config.write_text(json.dumps({"settings": settings, "sparsecover_version": version}, indent=1))
+
+    def settings(self) -> dict:
+        """The settings the run started with; one clear error where ``root`` holds no run."""
+        if not self.config.exists():
+            raise SparsecoverError(f"{self.root}: not a training run folder (no {CONFIG})")
+        return json.loads(self.config.read_text())["settings"]
+
+    def history(self) -> list[dict[str, str]]:
+        """The rows of history.csv (none before the first epoch has ended), as strings."""
+        if not self.history_file.exists():
+            return []
+        with self.history_file.open() as fh:
+            return list(csv.DictReader(fh))
+
+    def validation_metrics(self) -> dict | None:
+        """The final model's metrics on the held-out polygons (None: no validation split)."""
+        return json.loads(self.metrics.read_text()) if self.metrics.exists() else None
+
+    def unfinished(self) -> str | None:
+        """Why the run holds no finished model (a killed or failed run), or None when it has one."""
+        if self.package.exists():
+            return None
+        epochs = self.settings().get("epochs")
+        return (f"{self.root}: training did not finish ({len(self.history())} of {epochs} epochs in {HISTORY}, "
+                f"no {PACKAGE_NAME}); continue it with `sparsecover train CHIPS --out {self.root} --resume`")

@@ -53,8 +53,7 @@ from .history import EpochBar, EpochTable
 from .metrics import summarize
 from .model import Ensemble, check_network, decision_offsets
 from .modelfile import SCHEMA_MAJOR, ModelJson, write_model_folder
-from .runfolder import (CONFIG, LAST_CHECKPOINT, LR_PLOT, METRICS, MODEL_DIR, PACKAGE_NAME, check_run_folder,
-                        member_folder, read_history)
+from .runfolder import RunFolder
 from .spectral import MAX_PIXELS, fit_spectral
 from .task import SegmentationTask
 from .trainconfig import (DEFAULT_LR, RESUMABLE_DIFFERENCES, SETTINGS_BEFORE_THEY_EXISTED, TrainConfig,
@@ -257,19 +256,19 @@ def _task(prepared: Prepared, config: TrainConfig, lr: float) -> SegmentationTas
     )
 
 
-def _check_resume(run: Path, config: TrainConfig, dataset: ChipDataset) -> None:
-    saved = json.loads((run / CONFIG).read_text())
+def _check_resume(run: RunFolder, config: TrainConfig, dataset: ChipDataset) -> None:
+    saved = run.settings()
     current = {**asdict(config), "dataset": dataset_roots(dataset)}
-    for key in sorted(set(saved["settings"]) | set(current)):
+    for key in sorted(set(saved) | set(current)):
         if key in RESUMABLE_DIFFERENCES or key == "lr":
             continue
-        if saved["settings"].get(key, SETTINGS_BEFORE_THEY_EXISTED.get(key)) != current.get(key):
+        if saved.get(key, SETTINGS_BEFORE_THEY_EXISTED.get(key)) != current.get(key):
             raise SparsecoverError(
-                f"{run}: --resume with other settings: {key} was {saved['settings'].get(key)!r}, "
+                f"{run.root}: --resume with other settings: {key} was {saved.get(key)!r}, "
                 f"now {current.get(key)!r}; rerun with the same settings or use a new --out"
             )
     for k in range(config.members):  # a checkpoint cut short (disk full, killed mid-write) fails deep in torch
-        path = member_folder(run, k) / LAST_CHECKPOINT
+        path = run.member(k).last_checkpoint
         if path.exists():
             try:
                 torch.load(path, map_location="cpu", weights_only=False)
@@ -281,57 +280,56 @@ def _check_resume(run: Path, config: TrainConfig, dataset: ChipDataset) -> None:
 def train(chips: ChipsArg, out: str | Path, config: TrainConfig | None = None) -> Path:
     """Train a model on chip dataset(s) into the run folder ``out``; returns the run folder."""
     config = config or TrainConfig()
-    run = Path(out)
+    run = RunFolder(Path(out))
     check_settings(config)
     _accelerator(config.device)
-    check_run_folder(run, config.resume)
+    run.check(config.resume)
     prepared = prepare(chips, config)
     if config.resume:
         _check_resume(run, config, prepared.dataset)
-        return _train(prepared, run, config, json.loads((run / CONFIG).read_text())["settings"]["lr"])
-    existed = run.exists()
-    run.mkdir(parents=True, exist_ok=True)
+        return _train(prepared, run, config, run.settings()["lr"])
+    existed = run.root.exists()
+    run.root.mkdir(parents=True, exist_ok=True)
     try:
-        lr = config.lr if config.lr is not None else find_lr(prepared, config, run / LR_PLOT)
-        settings = {**asdict(config), "lr": lr, "dataset": dataset_roots(prepared.dataset)}
-        (run / CONFIG).write_text(json.dumps({"settings": settings, "sparsecover_version": __version__}, indent=1))
+        lr = config.lr if config.lr is not None else find_lr(prepared, config, run.lr_plot)
+        run.write_settings({**asdict(config), "lr": lr, "dataset": dataset_roots(prepared.dataset)}, __version__)
         return _train(prepared, run, config, lr)
     except BaseException:
-        if not (run / LAST_CHECKPOINT).exists():  # nothing --resume could use: as if never started
-            shutil.rmtree(run, ignore_errors=True)
+        if not run.last_checkpoint.exists():  # nothing --resume could use: as if never started
+            shutil.rmtree(run.root, ignore_errors=True)
             if existed:
-                run.mkdir()
+                run.root.mkdir()
         raise
 
 
-def _train(prepared: Prepared, run: Path, config: TrainConfig, lr: float) -> Path:
+def _train(prepared: Prepared, run: RunFolder, config: TrainConfig, lr: float) -> Path:
     """The members' fits, validation metrics and the model package of a started run."""
     _quiet_lightning(config.quiet)
     tasks = []
     for k in range(config.members):
         if config.members > 1 and not config.quiet:
             print(f"ensemble member {k + 1} of {config.members}", flush=True)
-        tasks.append(_fit(prepared, config, lr, member_folder(run, k), config.seed + k, config.resume))
+        tasks.append(_fit(prepared, config, lr, run.member(k), config.seed + k, config.resume))
     if tasks[0] is None:  # a DDP rank other than 0: rank 0 writes the outputs
-        return run
+        return run.root
     task = tasks[0]
     if len(tasks) > 1:
         task.model = Ensemble([t.model for t in tasks])
     metrics = None
     if prepared.valid is not None:
         metrics = evaluate_split(task, _loaders(prepared, config)[1], prepared)
-        (run / METRICS).write_text(json.dumps(metrics, indent=1))
-    save_model_folder(run / MODEL_DIR, task, prepared, config, lr, run, metrics)
+        run.metrics.write_text(json.dumps(metrics, indent=1))
+    save_model_folder(task, prepared, config, lr, run, metrics)
     from .package import save_package
 
-    save_package(run / MODEL_DIR, run / PACKAGE_NAME, onnx=config.onnx, overwrite=True)
+    save_package(run.model, run.package, onnx=config.onnx, overwrite=True)
     if not config.keep_checkpoints:  # a finished run has nothing to resume; the package holds the model
         for k in range(config.members):
-            shutil.rmtree(member_folder(run, k) / LAST_CHECKPOINT.parent, ignore_errors=True)
-    return run
+            shutil.rmtree(run.member(k).checkpoints, ignore_errors=True)
+    return run.root
 
 
-def _fit(prepared: Prepared, config: TrainConfig, lr: float, folder: Path, seed: int,
+def _fit(prepared: Prepared, config: TrainConfig, lr: float, folder: RunFolder, seed: int,
          resume: bool) -> SegmentationTask | None:
     """One Lightning fit into ``folder`` (checkpoints, history.csv, logs); on rank 0 the task with
     the weights of its best epoch (lowest validation loss; training loss without validation).
@@ -339,24 +337,24 @@ def _fit(prepared: Prepared, config: TrainConfig, lr: float, folder: Path, seed:
     ``seed`` draws the initial weights, the chip order and the augmentation; the split is the
     run's (``config.seed``), so every member of an ensemble holds out the same polygons.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.root.mkdir(parents=True, exist_ok=True)
     L.seed_everything(seed, workers=True, verbose=False)
     task = _task(prepared, config, lr)
     if config.spectral:
         pixels, classes = prepared.train.labelled_pixels(MAX_PIXELS, seed)
         fit_spectral(task.model.spectral, pixels, classes, prepared.weights, seed)
     train_loader, valid_loader = _loaders(prepared, config)
-    resume_from = folder / LAST_CHECKPOINT
+    resume_from = folder.last_checkpoint
     monitor = "valid_loss" if valid_loader is not None else "train_loss"
-    best = ModelCheckpoint(dirpath=folder / "checkpoints", filename="best", monitor=monitor, mode="min",
+    best = ModelCheckpoint(dirpath=folder.checkpoints, filename="best", monitor=monitor, mode="min",
                            save_top_k=1, enable_version_counter=False)
     # every epoch's state, for --resume: Lightning's save_last writes only in epochs that improve the
     # monitored loss, and a resume from there repeats the epochs after it
-    last = ModelCheckpoint(dirpath=folder / "checkpoints", filename="last", enable_version_counter=False)
+    last = ModelCheckpoint(dirpath=folder.checkpoints, filename="last", enable_version_counter=False)
     callbacks: list = [best, last, EpochTable(folder, config.quiet)]
     if config.early_stopping:
         callbacks.append(EarlyStopping(monitor=monitor, patience=config.early_stopping, mode="min"))
-    trainer = _trainer(config, folder, callbacks, config.epochs)
+    trainer = _trainer(config, folder.root, callbacks, config.epochs)
     trainer.fit(task, train_loader, valid_loader, ckpt_path=resume_from if resume and resume_from.exists() else None)
     if not trainer.is_global_zero:
         return None
@@ -388,14 +386,15 @@ def evaluate_split(task: SegmentationTask, loader: DataLoader, prepared: Prepare
     return summary
 
 
-def save_model_folder(folder: Path, task: SegmentationTask, prepared: Prepared, config: TrainConfig,
-                      lr: float, run: Path, metrics: dict | None) -> None:
-    """Weights (safetensors) and model.json: all that inference and the model package need."""
+def save_model_folder(task: SegmentationTask, prepared: Prepared, config: TrainConfig, lr: float, run: RunFolder,
+                      metrics: dict | None) -> None:
+    """Weights (safetensors) and model.json into the run's model folder: all that inference and the
+    model package need."""
     from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in task.model.state_dict().items()}
     dataset = prepared.dataset
-    history = read_history(run)
+    history = run.history()
     import lightning
     import segmentation_models_pytorch as smp
 
@@ -434,7 +433,7 @@ def save_model_folder(folder: Path, task: SegmentationTask, prepared: Prepared, 
             "precision": config.precision,
             "weights": config.weights,
             "history": history,
-            "member_histories": [read_history(member_folder(run, k)) for k in range(1, config.members)],
+            "member_histories": [run.member(k).history() for k in range(1, config.members)],
             "validation_metrics": metrics,
             "train_groups": len(prepared.split.train_groups),
             "valid_groups": len(prepared.split.valid_groups),
@@ -444,7 +443,7 @@ def save_model_folder(folder: Path, task: SegmentationTask, prepared: Prepared, 
                      "segmentation_models_pytorch": smp.__version__, "lightning": lightning.__version__},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_model_folder(folder, _json_safe(model_json), save(state))
+    write_model_folder(run.model, _json_safe(model_json), save(state))
 
 
 def _json_safe(value):
