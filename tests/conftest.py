@@ -128,3 +128,12 @@ def train_chips(tmp_path_factory) -> Path:
     polygons.to_file(labels)
     return export_training_data(raster, labels, folder / "chips", class_field="classvalue",
                                 class_name_field="classname", tile_size=32, stride=16, progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_model(train_chips, tmp_path_factory) -> Path:
+    """One small trained run (ONNX included) for every test that needs a model but not a particular one."""
+    from sparsecover.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    return train(train_chips, run, TrainConfig(backbone="resnet18", epochs=1, lr=1e-3, quiet=True, onnx=True))

@@ -202,6 +202,10 @@ def _export(
             group_source, next_region, workers, progress,
         )
         scans.append(scan)
+    if stats.count == 0:  # not the labels' fault: say so before blaming them
+        where = sources[0].path if len(sources) == 1 else ", ".join(s.path.name for s in sources)
+        raise SparsecoverError(f"{where}: no pixel has every band valid (all nodata or NaN); check the raster "
+                               "and its nodata value")
     if not group_pixels:
         raise SparsecoverError(
             f"{labels.path}: no label falls on valid imagery (all labelled pixels are nodata or outside)"

@@ -177,6 +177,9 @@ def read_vectors(path: str | Path, class_field: str, name_field: str | None = No
     """Read and validate labelled features: CRS present, class field integer in 1..255, geometry valid."""
     path = Path(path)
     frame = read_label_file(path, what)
+    if path.suffix.lower() == ".shp" and not any(path.with_suffix(s).exists() for s in (".dbf", ".DBF")):
+        raise SparsecoverError(f"{path}: its attribute table {path.with_suffix('.dbf').name} is missing (a Shapefile "
+                               "keeps its fields there); copy it beside the .shp")
     if len(frame) == 0:
         raise SparsecoverError(f"{path}: label file holds no features; draw some polygons first")
     for wanted, option in ((class_field, "--class-field"), (name_field, "--class-name-field")):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from .errors import SparsecoverError
-from .runfolder import MODEL_DIR
+from .runfolder import RunFolder
 from .staging import staging_file
 
 SUFFIX = ".sparsecover"
@@ -92,7 +92,8 @@ def _check_schema(meta: dict, path: Path) -> dict:
 
 def model_folder(path: Path) -> Path:
     """The folder holding model.json and the weights: ``path`` itself or a run's ``model/``."""
-    folder = path / MODEL_DIR if (path / MODEL_DIR / MODEL_JSON).exists() else path
+    run = RunFolder(path)
+    folder = run.model if (run.model / MODEL_JSON).exists() else path
     if not (folder / MODEL_JSON).exists() or not (folder / WEIGHTS).exists():
         raise SparsecoverError(f"{path}: not a training run or model folder (no {MODEL_JSON} + {WEIGHTS})")
     return folder
@@ -105,6 +106,7 @@ def read_package(path: str | Path, wanted: Collection[str] | None = None) -> tup
     path = Path(path)
     if not path.exists():
         raise SparsecoverError(f"{path}: model package not found")
+    _check_zip_signature(path)
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
@@ -128,6 +130,24 @@ def read_package(path: str | Path, wanted: Collection[str] | None = None) -> tup
     if WEIGHTS not in meta.get("members", {}):
         raise SparsecoverError(f"{path}: member {WEIGHTS} is missing; the package is incomplete")
     return meta, members
+
+
+#: The first bytes of files a model is mistaken for: rasters given where the model goes.
+RASTER_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+", b"<VRTDataset")
+
+
+def _check_zip_signature(path: Path) -> None:
+    """Refuse a file that is no zip archive at all, saying what it looks like: a raster where the
+    model goes (arguments swapped) is a different mistake from a package cut short."""
+    with path.open("rb") as fh:
+        head = fh.read(16)
+    if head.startswith(b"PK"):
+        return
+    if head.lstrip().startswith(RASTER_SIGNATURES):
+        raise SparsecoverError(f"{path}: is a raster, not a model package; the model comes after the raster(s), "
+                               "e.g. `sparsecover classify scene.tif model.sparsecover`")
+    raise SparsecoverError(f"{path}: not a model package (not a zip archive); pass a .sparsecover package or a "
+                           "run folder")
 
 
 def open_model(path: str | Path, with_weights: bool = True) -> tuple[ModelJson, bytes | None]:

@@ -49,13 +49,11 @@ def _aoi_masker(aoi: Path | None, source):
     """A function window -> bool mask (inside the AOI), or None without an AOI."""
     if aoi is None:
         return None
-    import geopandas as gpd
     from shapely.geometry import box
 
-    frame = gpd.read_file(aoi, engine="pyogrio")
-    if frame.crs is None:
-        raise SparsecoverError(f"{aoi}: AOI has no CRS; assign one first")
-    frame = frame.to_crs(source.crs)
+    from ..labels import read_label_file
+
+    frame = read_label_file(aoi, "AOI").to_crs(source.crs)
     if not frame.intersects(box(*source.bounds)).any():
         raise SparsecoverError(f"{aoi}: the AOI lies outside {source.path.name}; nothing to classify")
     geometries = list(frame.geometry)
