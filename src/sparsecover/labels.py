@@ -181,7 +181,7 @@ def read_vectors(path: str | Path, class_field: str, name_field: str | None = No
         raise SparsecoverError(f"{path}: its attribute table {path.with_suffix('.dbf').name} is missing (a Shapefile "
                                "keeps its fields there); copy it beside the .shp")
     if len(frame) == 0:
-        raise SparsecoverError(f"{path}: label file holds no features; draw some polygons first")
+        raise SparsecoverError(f"{path}: {what} holds no features; draw some polygons first")
     for wanted, option in ((class_field, "--class-field"), (name_field, "--class-name-field")):
         if wanted is not None and wanted not in frame.columns:
             fields = ", ".join(c for c in frame.columns if c != "geometry")
