@@ -169,6 +169,23 @@ CASES = [
 ]
 
 
+UNWRITABLE = "/sys/sparsecover"  # sysfs: no one, root included, may create files there
+CANNOT_WRITE = "/sys: cannot write there"
+if Path("/sys/kernel").is_dir():
+    CASES += [
+        ("stack-unwritable", f"stack {{scene}} -o {UNWRITABLE}.vrt", CANNOT_WRITE),
+        ("export-unwritable", f"export {{scene}} --labels {{polygons}} --class-field classvalue --out {UNWRITABLE}",
+         CANNOT_WRITE),
+        ("train-unwritable", f"train {{chips}} --out {UNWRITABLE}", CANNOT_WRITE),
+        ("classify-unwritable", f"classify {{scene}} {{model}} --out {UNWRITABLE}.tif", CANNOT_WRITE),
+        ("vectorize-unwritable", f"vectorize {{classmap}} --out {UNWRITABLE}.gpkg", CANNOT_WRITE),
+        ("evaluate-unwritable", f"evaluate {{classmap}} --reference {{classmap}} --out {UNWRITABLE}", CANNOT_WRITE),
+        ("suggest-unwritable", f"suggest {{scene}} {{model}} --out {UNWRITABLE}.gpkg", CANNOT_WRITE),
+        ("package-unwritable", f"package {{model}} -o {UNWRITABLE}.sparsecover", CANNOT_WRITE),
+        ("export-onnx-unwritable", f"export-onnx {{model}} -o {UNWRITABLE}.onnx", CANNOT_WRITE),
+    ]
+
+
 @pytest.fixture(scope="module")
 def inputs(train_chips, trained_model, tmp_path_factory) -> dict[str, str]:
     """Every bad (and good) input the table refers to, in one folder no case may change."""

@@ -1,11 +1,13 @@
 """The `sparsecover` command: thin wrappers that parse options and call one public function each.
 
-A :class:`SparsecoverError` is printed as one red line and exits with status 2; warnings print as
-one yellow line each. Tracebacks are only for bugs.
+A :class:`SparsecoverError` is printed as one red line and exits with status 2, and so is what the
+machine refuses (a location that may not be written, a read-only file system, a full disk);
+warnings print as one yellow line each. Tracebacks are only for bugs.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
 import warnings
 from collections.abc import Callable
@@ -31,13 +33,33 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     err_console.print(Text.assemble((label, "yellow"), " ", str(message)), soft_wrap=True)
 
 
+#: What the machine, not sparsecover, refused (errno -> what to do): one line instead of a traceback.
+WRITE_REFUSALS = {
+    errno.EACCES: "choose an output location you may write to",
+    errno.EPERM: "choose an output location you may write to",
+    errno.EROFS: "the file system is read-only; choose another output location",
+    errno.ENOSPC: "the disk is full; free some space or write elsewhere",
+    errno.EDQUOT: "the disk quota is used up; free some space or write elsewhere",
+}
+
+
+def _error(message: str) -> None:
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
+    sys.exit(2)
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except SparsecoverError as exc:
-            err_console.print(Text.assemble(("error:", "bold red"), " ", str(exc)), soft_wrap=True)
-            sys.exit(2)
+            _error(str(exc))
+        except OSError as exc:
+            if exc.errno not in WRITE_REFUSALS:
+                raise
+            # the folder, not the hidden partial or lock file that happened to be written first
+            where = Path(exc.filename).parent if exc.filename else Path.cwd()
+            _error(f"{where}: cannot write there ({exc.strerror.lower()}); {WRITE_REFUSALS[exc.errno]}")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
