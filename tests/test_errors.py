@@ -283,3 +283,37 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(args, expected, inputs,
     after = [_listing(folder) for folder in watched]
     for folder, old, new in zip(watched, before, after):
         assert new == old, f"left in {folder}: {sorted(new - old)}"
+
+
+FULL_DISK = [  # outputs of more than a few KB, written after the inputs were found good
+    ("stack-cog", "stack {scene} {scene} {scene} {scene} -o {out}/s.tif --cog"),
+    ("export-onnx", "export-onnx {model} -o {out}/m.onnx"),
+    ("package", "package {model} -o {out}/p.sparsecover"),
+    ("evaluate", "evaluate {classmap} --reference {classmap} --out {out}/e"),
+    ("vectorize", "vectorize {classmap} --out {out}/v.gpkg"),
+    ("classify", "classify {scene} {model} --out {out}/m.tif --probabilities {out}/p.tif"),
+]
+
+
+@pytest.mark.parametrize("args", [c[1] for c in FULL_DISK], ids=[c[0] for c in FULL_DISK])
+def test_a_full_disk_is_one_line_and_leaves_nothing(args, inputs, tmp_path):
+    """Writes that fail part-way (a file-size limit fails them as a full disk does): one line, exit 2,
+    no file left that looks finished."""
+    import subprocess
+    import sys
+
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN);"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (4_000, 4_000));"
+            "from sparsecover.cli import main; sys.argv = ['sparsecover'] + sys.argv[1:]; main()")
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = [part.format(**inputs, out=out) for part in args.split()]
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith(("_tiff", "warning"))]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert lines[-1].startswith("error:") and [line for line in lines if line.startswith("error:")] == lines[-1:], \
+        done.stderr
+    left = sorted(p.name for p in out.iterdir())
+    if argv[0] == "classify":  # its hidden partial files stay for --resume once there is space again
+        left = [name for name in left if not name.startswith(".")]
+    assert left == [], done.stderr

@@ -40,6 +40,7 @@ WRITE_REFUSALS = {
     errno.EROFS: "the file system is read-only; choose another output location",
     errno.ENOSPC: "the disk is full; free some space or write elsewhere",
     errno.EDQUOT: "the disk quota is used up; free some space or write elsewhere",
+    errno.EFBIG: "a file-size limit (ulimit -f) stopped the write; raise it or write elsewhere",
 }
 
 
@@ -57,9 +58,11 @@ class _Group(click.Group):
         except OSError as exc:
             if exc.errno not in WRITE_REFUSALS:
                 raise
+            reason = f"({exc.strerror.lower()}); {WRITE_REFUSALS[exc.errno]}"
+            if exc.filename is None:  # a write to a file already open: the output the command was given
+                _error(f"writing the output failed {reason}")
             # the folder, not the hidden partial or lock file that happened to be written first
-            where = Path(exc.filename).parent if exc.filename else Path.cwd()
-            _error(f"{where}: cannot write there ({exc.strerror.lower()}); {WRITE_REFUSALS[exc.errno]}")
+            _error(f"{Path(exc.filename).parent}: cannot write there {reason}")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

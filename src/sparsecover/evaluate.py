@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 from pathlib import Path
 
 import geopandas as gpd
@@ -32,6 +34,7 @@ from .metrics import summarize
 from .progress import track
 from .raster import _bounds, block_windows, describe, gdal_env, open_raster
 from .runfolder import RunFolder
+from .staging import staging_folder
 
 Z95 = 1.959964
 
@@ -212,18 +215,29 @@ def area_estimates(matrix: np.ndarray, mapped_pixels: list[int], pixel_area: flo
 
 
 def write_outputs(summary: dict, out: Path) -> None:
-    """metrics.json, confusion_matrix.csv and confusion_matrix.png."""
+    """metrics.json, confusion_matrix.csv and confusion_matrix.png, written in a hidden folder beside
+    ``out`` and then moved into it: a full disk leaves the three whole or none of them (``out`` may be
+    a folder with other files: only these three are replaced)."""
     from .plots import plot_confusion
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
-    names = [c["class"] for c in summary["per_class"]]
-    with (out / "confusion_matrix.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["reference \\ predicted", *names, "total"])
-        for name, row in zip(names, summary["confusion_matrix"]):
-            writer.writerow([name, *row, sum(row)])
-    plot_confusion(np.asarray(summary["confusion_matrix"]), names, out / "confusion_matrix.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = staging_folder(out)
+    try:
+        (work / "metrics.json").write_text(json.dumps(summary, indent=1))
+        names = [c["class"] for c in summary["per_class"]]
+        with (work / "confusion_matrix.csv").open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["reference \\ predicted", *names, "total"])
+            for name, row in zip(names, summary["confusion_matrix"]):
+                writer.writerow([name, *row, sum(row)])
+        plot_confusion(np.asarray(summary["confusion_matrix"]), names, work / "confusion_matrix.png")
+        if not out.exists():
+            os.replace(work, out)
+            return
+        for name in ("metrics.json", "confusion_matrix.csv", "confusion_matrix.png"):
+            os.replace(work / name, out / name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def evaluate_run(run: str | Path, out: str | Path | None = None) -> dict:

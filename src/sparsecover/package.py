@@ -25,6 +25,7 @@ import numpy as np
 
 from .errors import SparsecoverError
 from .modelfile import EMD, ONNX, SUFFIX, WEIGHTS, ModelJson, open_model, write_package
+from .staging import write_into_place
 
 if TYPE_CHECKING:
     import torch
@@ -122,9 +123,12 @@ def export_onnx(model: str | Path, out: str | Path | None = None, overwrite: boo
     out = Path(out) if out else model.with_suffix(".onnx") if model.is_file() else model / "model.onnx"
     if out.exists() and not overwrite:
         raise SparsecoverError(f"{out}: already exists; pass --overwrite to replace it")
-    data = onnx_bytes(meta, network_from(meta, weights))
-    out.write_bytes(data)
-    out.with_suffix(".emd").write_text(json.dumps(esri_definition(meta, out.name), indent=1))
+    write_into_place(out, onnx_bytes(meta, network_from(meta, weights)))
+    try:  # the pair or neither: an .onnx without its .emd looks finished to ArcGIS users
+        write_into_place(out.with_suffix(".emd"), json.dumps(esri_definition(meta, out.name), indent=1))
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
     return out
 
 

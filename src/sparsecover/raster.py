@@ -76,6 +76,30 @@ def close_checked(dataset: rasterio.io.DatasetWriter) -> None:
         raise OSError(f"{dataset.name}: {failures[-1]}")
 
 
+def copy_checked(source: str | Path, target: Path, output: Path | None = None, **options) -> None:
+    """``rasterio.shutil.copy`` (e.g. to GDAL's COG driver), then the copy reopened and its tail read;
+    errors name ``output``, the file the user asked for, where ``target`` is a hidden staging file.
+
+    A copy that runs out of disk can end without an exception, leaving a file GDAL cannot open (its
+    directory is written last) or whose last blocks are missing; GDAL's error stack and a read of
+    the last full-resolution block (a COG stores those last) catch both, as one clear error.
+    """
+    import rasterio.shutil
+
+    try:
+        with stack_errors():
+            rasterio.shutil.copy(source, target, **options)
+            failures = list(_ERROR_STACK.get())
+        if failures:
+            raise RasterioError(str(failures[-1]))
+        with rasterio.open(target) as written:
+            block = Window(max(0, written.width - 1), max(0, written.height - 1), 1, 1)
+            written.read(window=block)
+    except RasterioError as exc:
+        Path(target).unlink(missing_ok=True)
+        raise SparsecoverError(f"{output or target}: writing failed ({_first_line(exc)}); is the disk full?") from None
+
+
 class ThreadHandles:
     """One open dataset per thread and path, kept until :meth:`close`: GDAL datasets must not be
     shared between threads, and reopening one for every window is slow on a VRT of many sources."""

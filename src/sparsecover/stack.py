@@ -25,7 +25,7 @@ from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 
 from .errors import SparsecoverError
-from .raster import RasterSource, _json_number, common_dtype, describe, gdal_env, is_virtual, open_raster
+from .raster import RasterSource, _json_number, common_dtype, copy_checked, describe, gdal_env, is_virtual, open_raster
 from .stac import is_item, item_bands
 
 RESAMPLING_METHODS = ("nearest", "bilinear", "cubic", "cubicspline", "lanczos", "average", "mode")
@@ -124,7 +124,7 @@ def stack_bands(
         ET.ElementTree(root).write(vrt_path, encoding="utf-8", xml_declaration=False)
         with gdal_env():
             if cog:
-                _write_cog(vrt_path, work / "stack.tif")
+                _write_cog(vrt_path, work / "stack.tif", output)
             else:
                 with open_raster(vrt_path) as check:  # GDAL must be able to read what we wrote
                     check.read(window=((0, 1), (0, 1)))
@@ -222,17 +222,7 @@ def _warped_vrt(source: RasterSource, location: str | Path, reference: RasterSou
     return target
 
 
-def _write_cog(source: Path, target: Path) -> None:
+def _write_cog(source: Path, target: Path, output: Path) -> None:
     """Copy through GDAL's COG driver: tiled, deflate-compressed, with overviews, streamed."""
-    try:
-        rasterio.shutil.copy(
-            source,
-            target,
-            driver="COG",
-            compress="DEFLATE",
-            predictor="YES",
-            bigtiff="IF_SAFER",
-            num_threads="ALL_CPUS",
-        )
-    except RasterioError as exc:
-        raise SparsecoverError(f"{target}: cannot write the GeoTIFF ({exc})") from None
+    copy_checked(source, target, output, driver="COG", compress="DEFLATE", predictor="YES", bigtiff="IF_SAFER",
+                 num_threads="ALL_CPUS")

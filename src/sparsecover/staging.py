@@ -39,11 +39,14 @@ def staging_file(out: Path, suffix: str = "") -> Path:
     return Path(path)
 
 
-def write_into_place(path: Path, text: str) -> Path:
-    """``text`` as ``path`` (UTF-8), written to a hidden file beside it and renamed: whole or absent."""
+def write_into_place(path: Path, data: str | bytes) -> Path:
+    """``data`` as ``path`` (text as UTF-8), written to a hidden file beside it and renamed: whole or absent."""
     partial = staging_file(path)
     try:
-        partial.write_text(text, encoding="utf-8")
+        if isinstance(data, bytes):
+            partial.write_bytes(data)
+        else:
+            partial.write_text(data, encoding="utf-8")
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)

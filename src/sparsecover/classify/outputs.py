@@ -29,7 +29,7 @@ from .. import overviews
 from ..classes import ClassInfo, write_class_sidecar
 from ..errors import SparsecoverError
 from ..modelfile import ModelJson
-from ..raster import GDAL_ERRORS, close_checked
+from ..raster import GDAL_ERRORS, close_checked, copy_checked
 from ..styles import write_raster_style
 
 #: DEFLATE effort of the final COGs. The conversion runs after the last block, so on a fast GPU it
@@ -256,9 +256,8 @@ class Outputs:
             overviews.upper_levels(levels, KINDS[kind].nodata)
             staging = final.parent / f".{final.name}.cog.tif"
             source = overviews.with_overviews(self.partials[kind, 1], levels, self._vrt(final))
-            rasterio.shutil.copy(source, staging, driver="COG", compress="DEFLATE", level=DEFLATE_LEVEL, blocksize=512,
-                                 overview_resampling=KINDS[kind].resampling,
-                                 bigtiff="IF_SAFER", num_threads="ALL_CPUS")
+            copy_checked(source, staging, final, driver="COG", compress="DEFLATE", level=DEFLATE_LEVEL, blocksize=512,
+                         overview_resampling=KINDS[kind].resampling, bigtiff="IF_SAFER", num_threads="ALL_CPUS")
             if kind == "classes":
                 write_class_sidecar(final, self.classes, self.done_counts + self.pending_counts)
                 write_raster_style(final, self.classes)
