@@ -75,7 +75,7 @@ CASES = [
     ("export-out-exists", "export {scene} --labels {polygons} --class-field classvalue --out {existing_dir}",
      "existing: already exists"),
     ("export-out-parent", "export {scene} --labels {polygons} --class-field classvalue --out {out}/nowhere/c",
-     "nowhere: output's parent folder does not exist"),
+     "nowhere: output folder does not exist"),
     ("export-class-colors", "export {scene} --labels {polygons} --class-field classvalue --out {out}/c "
      "--class-colors 1=notacolour", "notacolour"),
     ("export-class-names", "export {scene} --labels {polygons} --class-field classvalue --out {out}/c "
@@ -183,6 +183,7 @@ if Path("/sys/kernel").is_dir():
         ("suggest-unwritable", f"suggest {{scene}} {{model}} --out {UNWRITABLE}.gpkg", CANNOT_WRITE),
         ("package-unwritable", f"package {{model}} -o {UNWRITABLE}.sparsecover", CANNOT_WRITE),
         ("export-onnx-unwritable", f"export-onnx {{model}} -o {UNWRITABLE}.onnx", CANNOT_WRITE),
+        ("lr-find-unwritable", f"lr-find {{chips}} --out {UNWRITABLE}.png", CANNOT_WRITE),
     ]
 
 

@@ -235,8 +235,10 @@ def train(chips, out, epochs, lr, early_stopping, devices, num_nodes, strategy, 
 @_train_options
 def lr_find(chips, out, **kw) -> None:
     """Run the LR range test and print the suggested learning rate."""
+    from .staging import check_output
     from .train import find_lr, prepare
 
+    check_output(out, overwrite=True)  # before the finder's minutes, not after them
     config = _config(**kw)
     suggestion = find_lr(prepare(list(chips), config), config, out)
     out_console.print(f"suggested learning rate: {suggestion:.3g}  (plot: {out})")

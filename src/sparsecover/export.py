@@ -50,7 +50,7 @@ from .raster import (
     thread_pool,
     tile_offsets,
 )
-from .staging import staging_folder
+from .staging import check_output, staging_folder
 
 MAX_CHIP_BYTES = 2**30  # one chip in memory; a mistyped --tile-size 100000 would allocate 37 GiB
 BLOCK = 512  # scan-pass block size; also the block inside which raster-label regions are numbered
@@ -108,10 +108,7 @@ def export_training_data(
         raise SparsecoverError("export needs at least one raster")
     if tile_size < 8 or stride < 1:
         raise SparsecoverError(f"tile size must be >= 8 and stride >= 1 (got {tile_size}, {stride})")
-    if out.exists() and not overwrite:
-        raise SparsecoverError(f"{out}: already exists; pass --overwrite to replace it")
-    if not out.parent.exists():
-        raise SparsecoverError(f"{out.parent}: output's parent folder does not exist; create it first")
+    check_output(out, overwrite)
     workers = workers or min(4, os.cpu_count() or 1)
 
     sources = []

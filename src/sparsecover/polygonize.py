@@ -41,7 +41,7 @@ from .classes import MAX_UNNAMED_CLASSES, build_class_table, read_raster_classes
 from .errors import SparsecoverError
 from .progress import track
 from .raster import gdal_env, open_raster
-from .staging import exclusive, staging_file
+from .staging import check_output, exclusive, staging_file
 from .styles import add_layer_style
 
 #: Pixels per strip: a few tens of MB of working arrays whatever the map's size.
@@ -376,10 +376,7 @@ def vectorize(
     classified, out = Path(classified), Path(out)
     if out.suffix.lower() != ".gpkg":
         raise SparsecoverError(f"{out}: vectorize writes a GeoPackage; name the output *.gpkg")
-    if out.exists() and not overwrite:
-        raise SparsecoverError(f"{out}: already exists; pass --overwrite to replace it")
-    if not out.parent.exists():
-        raise SparsecoverError(f"{out.parent}: output folder does not exist; create it first")
+    check_output(out, overwrite)
     if simplify is not None and simplify <= 0:
         raise SparsecoverError(f"--simplify must be a tolerance above 0 in map units, got {simplify}")
     if strip_rows is not None and strip_rows < 1:

@@ -27,6 +27,7 @@ from rasterio.vrt import WarpedVRT
 from .errors import SparsecoverError
 from .raster import RasterSource, _json_number, common_dtype, copy_checked, describe, gdal_env, is_virtual, open_raster
 from .stac import is_item, item_bands
+from .staging import check_output
 
 RESAMPLING_METHODS = ("nearest", "bilinear", "cubic", "cubicspline", "lanczos", "average", "mode")
 
@@ -90,10 +91,7 @@ def stack_bands(
             f"unknown resampling method {resample!r}; choose one of {', '.join(RESAMPLING_METHODS)}"
         )
     output = Path(output)
-    if output.exists() and not overwrite:
-        raise SparsecoverError(f"{output}: already exists; pass --overwrite to replace it")
-    if not output.parent.exists():
-        raise SparsecoverError(f"{output.parent}: output folder does not exist; create it first")
+    check_output(output, overwrite)
     sources = []
     for path in inputs:
         with open_raster(path) as src:

@@ -39,6 +39,18 @@ def staging_file(out: Path, suffix: str = "") -> Path:
     return Path(path)
 
 
+def check_output(path: Path, overwrite: bool) -> None:
+    """Refuse an output before any work: one that exists (unless ``overwrite``), one whose folder is
+    missing, and one in a folder the machine will not let us write (a hidden file is created there
+    and removed; the OSError says why, and the CLI turns it into one line)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise SparsecoverError(f"{path}: already exists; pass --overwrite to replace it")
+    if not path.parent.exists():
+        raise SparsecoverError(f"{path.parent}: output folder does not exist; create it first")
+    staging_file(path).unlink()
+
+
 def write_into_place(path: Path, data: str | bytes) -> Path:
     """``data`` as ``path`` (text as UTF-8), written to a hidden file beside it and renamed: whole or absent."""
     partial = staging_file(path)

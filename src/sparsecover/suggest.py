@@ -39,7 +39,7 @@ from .classify import classify_pixels
 from .errors import SparsecoverError, warn
 from .labels import read_label_file
 from .predict import LoadedModel, load_meta
-from .staging import exclusive, staging_file, staging_folder
+from .staging import check_output, exclusive, staging_file, staging_folder
 
 DEFAULT_CLASS_FIELD = "classvalue"  # arcgis.learn's and the ArcGIS sample's field name
 STRIP_PIXELS = 1 << 24  # pixels of the class and uncertainty maps read at a time
@@ -232,11 +232,7 @@ def suggest_labels(
     if out.suffix.lower() != ".gpkg":
         raise SparsecoverError(f"{out}: suggestions are written as a GeoPackage; name the output *.gpkg")
     for path in (p for p in (out, uncertainty) if p is not None):
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise SparsecoverError(f"{path}: already exists; pass --overwrite to replace it")
-        if not path.parent.exists():
-            raise SparsecoverError(f"{path.parent}: output folder does not exist; create it first")
+        check_output(Path(path), overwrite)
     existing = read_label_file(Path(labels)) if labels is not None else None
     meta = model.meta if isinstance(model, LoadedModel) else load_meta(model)
     field = class_field or meta.get("class_field") or DEFAULT_CLASS_FIELD

@@ -33,7 +33,7 @@ from ..polygonize import parse_min_area, vectorize
 from ..predict import LoadedModel, check_raster, load_meta, load_model
 from ..progress import track
 from ..raster import GDAL_ERRORS, describe, gdal_env, open_raster, thread_pool
-from ..staging import exclusive
+from ..staging import check_output, exclusive
 from . import schedule
 from .engine import PRECISIONS, Predictor, device_of, use_bf16
 from .outputs import Outputs, Settings
@@ -108,10 +108,7 @@ def classify_pixels(
         raise SparsecoverError(f"{vector}: the vector map is a GeoPackage; name it *.gpkg")
     parse_min_area(min_area)
     for path in map(Path, outputs):
-        if path.exists() and not overwrite:
-            raise SparsecoverError(f"{path}: already exists; pass --overwrite to replace it")
-        if not path.parent.exists():
-            raise SparsecoverError(f"{path.parent}: output folder does not exist; create it first")
+        check_output(path, overwrite)
     if padding < 0:
         raise SparsecoverError(f"--padding must be 0 or more, got {padding}")
     if class_prior not in CLASS_PRIORS:
