@@ -36,7 +36,7 @@ from ..raster import GDAL_ERRORS, describe, gdal_env, open_raster, thread_pool
 from ..staging import check_output, exclusive
 from . import schedule
 from .engine import PRECISIONS, Predictor, device_of, use_bf16
-from .outputs import Outputs, Settings
+from .outputs import Outputs, Settings, resume_record
 from .plan import MULTIPLE, plan_blocks
 
 #: How the map decides between classes: under the class frequencies of the training labels (the
@@ -107,8 +107,10 @@ def classify_pixels(
     if vector is not None and Path(vector).suffix.lower() != ".gpkg":
         raise SparsecoverError(f"{vector}: the vector map is a GeoPackage; name it *.gpkg")
     parse_min_area(min_area)
+    # outputs an interrupted run already renamed into place are its own, which --resume replaces
+    resuming = resume and resume_record(out).exists()
     for path in map(Path, outputs):
-        check_output(path, overwrite)
+        check_output(path, overwrite or resuming)
     if padding < 0:
         raise SparsecoverError(f"--padding must be 0 or more, got {padding}")
     if class_prior not in CLASS_PRIORS:
@@ -124,7 +126,7 @@ def classify_pixels(
         _classify(raster, model, out, tile_size, padding, batch_size, tta, extras, class_prior, aoi,
                   device, engine, workers, dask_scheduler, resume, progress, precision)
     if vector is not None:
-        vectorize(out, vector, min_area=min_area, overwrite=overwrite, progress=progress)
+        vectorize(out, vector, min_area=min_area, overwrite=overwrite or resuming, progress=progress)
     return out
 
 

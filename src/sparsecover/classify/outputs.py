@@ -112,6 +112,11 @@ KINDS = {
 }
 
 
+def resume_record(out: Path) -> Path:
+    """Where a run writing ``out`` records its finished blocks for --resume (hidden, beside it)."""
+    return out.parent / f".{out.name}.state.json"
+
+
 class Outputs:
     """The partial output files (each output and each of its overview levels) and the resume record;
     turned into COGs by :meth:`finish`."""
@@ -127,7 +132,7 @@ class Outputs:
         # (kind, 1) is the output itself, (kind, f) its overview level f
         self.partials = {(k, f): v.parent / (f".{v.name}.partial.tif" if f == 1 else f".{v.name}.partial.ovr{f}.tif")
                          for k, v in self.finals.items() for f in [1, *self.factors]}
-        self.state_path = out.parent / f".{out.name}.state.json"
+        self.state_path = resume_record(out)
         self.settings = settings
         self.classes = [ClassInfo(c["value"], c["name"], c["color"]) for c in meta["classes"]]
         self.lut = np.array([c.value for c in self.classes], dtype=np.uint8)
@@ -251,16 +256,21 @@ class Outputs:
             self.discard()
             raise SparsecoverError(f"{self.source_path}: no pixel to classify (every pixel is nodata or NaN, or "
                                    "outside the AOI); check the raster's nodata value and the AOI")
+        staged = {}
         for kind, final in self.finals.items():
             levels = {f: self.partials[kind, f] for f in self.factors}
             overviews.upper_levels(levels, KINDS[kind].nodata)
-            staging = final.parent / f".{final.name}.cog.tif"
+            staged[final] = final.parent / f".{final.name}.cog.tif"
             source = overviews.with_overviews(self.partials[kind, 1], levels, self._vrt(final))
-            copy_checked(source, staging, final, driver="COG", compress="DEFLATE", level=DEFLATE_LEVEL, blocksize=512,
-                         overview_resampling=KINDS[kind].resampling, bigtiff="IF_SAFER", num_threads="ALL_CPUS")
+            copy_checked(source, staged[final], final, driver="COG", compress="DEFLATE", level=DEFLATE_LEVEL,
+                         blocksize=512, overview_resampling=KINDS[kind].resampling, bigtiff="IF_SAFER",
+                         num_threads="ALL_CPUS")
             if kind == "classes":
                 write_class_sidecar(final, self.classes, self.done_counts + self.pending_counts)
                 write_raster_style(final, self.classes)
+        # every output is ready before the first is renamed, and the resume record goes last: a kill
+        # between two renames leaves a run that --resume finishes (classify_pixels lets it replace them)
+        for final, staging in staged.items():
             os.replace(staging, final)
         self.discard()
 
