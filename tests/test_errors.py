@@ -318,3 +318,17 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(args, inputs, tmp_path):
     if argv[0] == "classify":  # its hidden partial files stay for --resume once there is space again
         left = [name for name in left if not name.startswith(".")]
     assert left == [], done.stderr
+
+
+def test_classify_and_suggest_refuse_a_bad_raster_before_pytorch_loads(inputs, tmp_path):
+    """Seconds of importing PyTorch on 2 cores are not spent before saying the raster is unreadable."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from click.testing import CliRunner; from sparsecover.cli import cli;"
+            "result = CliRunner().invoke(cli, sys.argv[1:]);"
+            "assert result.exit_code == 2 and 'junk.tif' in result.stderr, result.output;"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    for command in ("classify {junk} {model} --out {out}/m.tif", "suggest {junk} {model} --out {out}/s.gpkg"):
+        argv = [part.format(**inputs, out=tmp_path) for part in command.split()]
+        subprocess.run([sys.executable, "-c", code, *argv], check=True)
