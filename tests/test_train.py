@@ -273,28 +273,41 @@ def test_a_patch_size_off_the_network_grid_is_refused(train_chips):
         prepare(train_chips, TrainConfig(patch_size=100))
 
 
+KILL_POINTS = {  # when to kill: (what must be there, seconds to wait after)
+    "in-an-epoch": (lambda run: len(_history(run)) >= 2, 0.3),
+    "between-epochs": (lambda run: len(_history(run)) >= 2, 0.0),
+    "while-packaging": (lambda run: (run / "metrics.json").exists(), 0.0),  # written just before model/ and the package
+}
+
+
 @pytest.mark.slow
-def test_resume_after_sigkill_repeats_the_uninterrupted_run(train_chips, tmp_path):
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_resume_after_sigkill_repeats_the_uninterrupted_run(train_chips, tmp_path, point):
     def command(run):
         return [sys.executable, "-m", "sparsecover.cli", "train", str(train_chips), "--out", str(run), "--epochs",
                 "5", "--lr", "0.001", "--backbone", "resnet18", "-q", "--seed", "7"]
 
+    ready, wait = KILL_POINTS[point]
     run = tmp_path / "run"
     cmd = command(run)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline:
-        if (run / "history.csv").exists() and len(_history(run)) >= 2:
+        if (run / "history.csv").exists() and ready(run):
             break
         if proc.poll() is not None:
+            if point == "while-packaging":  # packaging can end between two looks (10 ms apart)
+                pytest.skip("the run finished packaging before it could be killed")
             pytest.fail(f"training ended before it could be killed: {proc.stderr.read().decode()}")
-        time.sleep(0.05)
-    time.sleep(0.3)
+        time.sleep(0.01)
+    time.sleep(wait)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert len(_history(run)) < 5
-    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
+    finished = (run / "model.sparsecover").exists() and not (run / "checkpoints" / "last.ckpt").exists()
+    assert not finished or point == "while-packaging"  # killed as it exited: nothing left to resume
+    if not finished:
+        done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
     assert [int(r["epoch"]) for r in _history(run)] == [0, 1, 2, 3, 4]
     assert json.loads((run / "model" / "model.json").read_text())["training"]["epochs"] == 5
     # the epochs after the kill are those of a run never killed: same weights, order and augmentation
