@@ -280,16 +280,26 @@ KILL_POINTS = {  # when to kill: (what must be there, seconds to wait after)
 }
 
 
+def _train_command(chips, run) -> list[str]:
+    return [sys.executable, "-m", "sparsecover.cli", "train", str(chips), "--out", str(run), "--epochs", "5",
+            "--lr", "0.001", "--backbone", "resnet18", "-q", "--seed", "7"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(train_chips, tmp_path_factory) -> list[dict]:
+    """The history of the run the killed ones are resumed to match."""
+    run = tmp_path_factory.mktemp("whole") / "run"
+    done = subprocess.run(_train_command(train_chips, run), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return _history(run)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("point", list(KILL_POINTS))
-def test_resume_after_sigkill_repeats_the_uninterrupted_run(train_chips, tmp_path, point):
-    def command(run):
-        return [sys.executable, "-m", "sparsecover.cli", "train", str(train_chips), "--out", str(run), "--epochs",
-                "5", "--lr", "0.001", "--backbone", "resnet18", "-q", "--seed", "7"]
-
+def test_resume_after_sigkill_repeats_the_uninterrupted_run(train_chips, tmp_path, point, uninterrupted):
     ready, wait = KILL_POINTS[point]
     run = tmp_path / "run"
-    cmd = command(run)
+    cmd = _train_command(train_chips, run)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -311,11 +321,9 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_run(train_chips, tmp_pat
     assert [int(r["epoch"]) for r in _history(run)] == [0, 1, 2, 3, 4]
     assert json.loads((run / "model" / "model.json").read_text())["training"]["epochs"] == 5
     # the epochs after the kill are those of a run never killed: same weights, order and augmentation
-    whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, timeout=600)
-    assert whole.returncode == 0, whole.stderr
-    for resumed, uninterrupted in zip(_history(run), _history(tmp_path / "whole"), strict=True):
+    for resumed, whole in zip(_history(run), uninterrupted, strict=True):
         for key in ("train_loss", "valid_loss", "accuracy"):
-            assert float(resumed[key]) == pytest.approx(float(uninterrupted[key]), rel=1e-4, abs=1e-6), resumed
+            assert float(resumed[key]) == pytest.approx(float(whole[key]), rel=1e-4, abs=1e-6), resumed
 
 
 def test_resume_with_other_settings_is_refused(train_chips, tmp_path):
