@@ -320,6 +320,7 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_run(train_chips, tmp_pat
         assert done.returncode == 0, done.stderr
     assert [int(r["epoch"]) for r in _history(run)] == [0, 1, 2, 3, 4]
     assert json.loads((run / "model" / "model.json").read_text())["training"]["epochs"] == 5
+    assert not list(run.glob(".*")), "partial files left"
     # the epochs after the kill are those of a run never killed: same weights, order and augmentation
     for resumed, whole in zip(_history(run), uninterrupted, strict=True):
         for key in ("train_loss", "valid_loss", "accuracy"):

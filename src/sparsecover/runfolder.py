@@ -81,6 +81,12 @@ class RunFolder:
         elif run.exists() and any(run.iterdir()):
             raise SparsecoverError(f"{run}: run folder exists and is not empty; use --resume or a new --out")
 
+    def remove_partials(self) -> None:
+        """Hidden partial files a killed run left (a package cut short): the run that finishes it removes them."""
+        for stale in self.root.glob(".*.partial*"):
+            if stale.is_file():
+                stale.unlink()
+
     def write_settings(self, settings: dict, version: str) -> None:
         self.config.write_text(json.dumps({"settings": settings, "sparsecover_version": version}, indent=1))
 

@@ -323,6 +323,7 @@ def _train(prepared: Prepared, run: RunFolder, config: TrainConfig, lr: float) -
     from .package import save_package
 
     save_package(run.model, run.package, onnx=config.onnx, overwrite=True)
+    run.remove_partials()
     if not config.keep_checkpoints:  # a finished run has nothing to resume; the package holds the model
         for k in range(config.members):
             shutil.rmtree(run.member(k).checkpoints, ignore_errors=True)
