@@ -7,7 +7,6 @@ warnings print as one yellow line each. Tracebacks are only for bugs.
 
 from __future__ import annotations
 
-import errno
 import sys
 import warnings
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .errors import SparsecoverError, SparsecoverWarning
+from .errors import SparsecoverError, SparsecoverWarning, refused_write
 from .trainconfig import TrainConfig
 
 TRAIN = TrainConfig()  # `train`'s and `lr-find`'s option defaults are the training settings' own
@@ -31,17 +30,6 @@ out_console = Console(highlight=False, soft_wrap=True)  # paths stay on one line
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     label = "warning:" if issubclass(category, SparsecoverWarning) else f"warning ({category.__name__}):"
     err_console.print(Text.assemble((label, "yellow"), " ", str(message)), soft_wrap=True)
-
-
-#: What the machine, not sparsecover, refused (errno -> what to do): one line instead of a traceback.
-WRITE_REFUSALS = {
-    errno.EACCES: "choose an output location you may write to",
-    errno.EPERM: "choose an output location you may write to",
-    errno.EROFS: "the file system is read-only; choose another output location",
-    errno.ENOSPC: "the disk is full; free some space or write elsewhere",
-    errno.EDQUOT: "the disk quota is used up; free some space or write elsewhere",
-    errno.EFBIG: "a file-size limit (ulimit -f) stopped the write; raise it or write elsewhere",
-}
 
 
 def _error(message: str) -> None:
@@ -56,13 +44,10 @@ class _Group(click.Group):
         except SparsecoverError as exc:
             _error(str(exc))
         except OSError as exc:
-            if exc.errno not in WRITE_REFUSALS:
+            message = refused_write(exc)
+            if message is None:
                 raise
-            reason = f"({exc.strerror.lower()}); {WRITE_REFUSALS[exc.errno]}"
-            if exc.filename is None:  # a write to a file already open: the output the command was given
-                _error(f"writing the output failed {reason}")
-            # the folder, not the hidden partial or lock file that happened to be written first
-            _error(f"{Path(exc.filename).parent}: cannot write there {reason}")
+            _error(message)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -244,18 +229,6 @@ def lr_find(chips, out, **kw) -> None:
     out_console.print(f"suggested learning rate: {suggestion:.3g}  (plot: {out})")
 
 
-def _refuse_bad_inputs_early(rasters: list[Path], model: Path) -> None:
-    """Unreadable rasters and models are refused in a fraction of a second, before PyTorch loads
-    (seconds on 2 cores); the full checks (bands, dtype, values) follow where the model is used."""
-    from .modelfile import open_model
-    from .raster import describe, open_raster
-
-    open_model(model, with_weights=False)
-    for raster in rasters:
-        with open_raster(raster) as src:
-            describe(src)
-
-
 @cli.command()
 @click.argument("rasters", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path),
@@ -299,7 +272,9 @@ def classify(rasters, out, tile_size, padding, batch_size, tta, confidence, prob
     if len(rasters) < 2:
         raise SparsecoverError("classify needs RASTER [RASTER...] MODEL: a raster and a model package or run folder")
     *inputs, model = rasters
-    _refuse_bad_inputs_early(inputs, model)
+    from .predict import refuse_unreadable
+
+    refuse_unreadable(inputs, model)
     from .classify import classify_rasters
 
     written = classify_rasters(inputs, model, out, confidence=confidence, uncertainty=uncertainty,
@@ -332,7 +307,9 @@ def suggest(raster, model, out, n, size, labels, uncertainty, class_field, seed,
     Open the GeoPackage in QGIS, fill in the class field of the squares you can tell, save, and
     export again with both label files (--labels first.gpkg --labels squares.gpkg).
     """
-    _refuse_bad_inputs_early([raster], model)
+    from .predict import refuse_unreadable
+
+    refuse_unreadable([raster], model)
     from .suggest import suggest_labels
 
     path = suggest_labels(raster, model, out, n=n, size=size, labels=labels, uncertainty=uncertainty,

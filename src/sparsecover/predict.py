@@ -143,3 +143,12 @@ def check_raster(raster: str | Path, model: str | Path | LoadedModel | dict) -> 
         if len(source.bands) == meta.get("source_band_count", len(meta["bands"])):
             sample = band_sample(src, band_indexes(meta))
         return check_contract(source, meta, sample)
+
+
+def refuse_unreadable(rasters: list[Path], model: Path) -> None:
+    """Unreadable rasters and models refused in a fraction of a second, before PyTorch loads (seconds
+    on 2 cores); the full checks (bands, dtype, values) follow where the model is used."""
+    open_model(model, with_weights=False)
+    for raster in rasters:
+        with open_raster(raster) as src:
+            describe(src)
