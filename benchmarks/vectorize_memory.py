@@ -7,7 +7,7 @@ speckle of a per-pixel classification) as uint8 with nodata 0, *tiled by repetit
 repeats it; no pixels copied) to about 25 MP and to at least ``--big-mp`` MP, in two layouts:
 
 - ``apart``: a 1-pixel nodata line between the copies, so no patch is larger than in one copy:
-  memory then shows what vectorize itself keeps (strips, open polygons, per-patch bookkeeping);
+  memory then shows what vectorize itself keeps (blocks, open polygons, per-patch bookkeeping);
 - ``joined``: copies edge to edge, so patches join across copies and the largest grow with the
   map (as a forest matrix or a road network can on a real scene); a patch is one polygon, held
   whole until its last row is read, so here memory grows with the largest polygons.

@@ -49,12 +49,12 @@ def rasterized(frame, like):
         return features.rasterize(zip(frame.geometry, frame.class_value), out_shape=src.shape, transform=src.transform)
 
 
-def test_polygons_cover_each_class_exactly_and_do_not_depend_on_the_strips(tmp_path):
+def test_polygons_cover_each_class_exactly_and_do_not_depend_on_the_blocks(tmp_path):
     path, data = class_map(tmp_path)
     whole = read(vectorize(path, tmp_path / "whole.gpkg", progress=False))
-    for rows in (1, 7, 50):
-        assert same_polygons(whole, read(vectorize(path, tmp_path / f"strips{rows}.gpkg", progress=False,
-                                                   strip_rows=rows)))
+    for rows in (1, 7, 50):  # block sides
+        assert same_polygons(whole, read(vectorize(path, tmp_path / f"blocks{rows}.gpkg", progress=False,
+                                                   block_size=rows)))
     assert whole.crs == CRS.from_epsg(32618) and shapely.is_valid(whole.geometry.values).all()
     assert set(whole.geom_type) == {"Polygon"}
     for value in (1, 2, 3, 4):  # area = pixels x pixel area, exactly up to rounding; no polygon on nodata
@@ -87,7 +87,7 @@ def test_min_area_sieves_before_polygonising_like_gdal(tmp_path):
     path, data = class_map(tmp_path, nodata_corner=False)
     sieved = read(vectorize(path, tmp_path / "sieved.gpkg", min_area="30px", progress=False))
     assert sieved.pixels.min() >= 30
-    assert same_polygons(sieved, read(vectorize(path, tmp_path / "s.gpkg", min_area="30px", strip_rows=4,
+    assert same_polygons(sieved, read(vectorize(path, tmp_path / "s.gpkg", min_area="30px", block_size=4,
                                                 progress=False)))
     mine = rasterized(sieved, path)
     gdal = features.sieve(data, 30, connectivity=4)

@@ -2,17 +2,21 @@
 
 A polygon is a 4-connected patch of one class: pixels that share an edge (pixels that touch at a
 corner only are separate polygons, GDAL's and ArcGIS's default). Class 0 and nodata never become
-polygons. The map is read in strips of whole rows; each strip's patches are polygonised by GDAL in
-pixel coordinates, where the pieces a patch has in successive strips share their corners exactly,
-joined to the open patches of the strip above across the shared row, and a patch is merged and
-written as soon as a strip leaves it behind. The output has no seams, and memory grows with the
-map's width (and the largest polygons, each held whole until it is written), not its height
-(benchmarks/results/vectorize_memory_2026-11-28.txt).
+polygons. The map is read in square blocks (:data:`BLOCK` pixels a side), a row of blocks after
+another; each block's patches are polygonised by GDAL in pixel coordinates, where the pieces a patch
+has in neighbouring blocks share their corners exactly, joined to the open patches across the
+block's top and left edges, and a patch is merged and written as soon as no unread pixel touches
+it. The output has no seams; memory holds one block's arrays and the patches open along one row of
+pixels (and the largest polygons, each held whole until it is written), so it hardly grows with the
+map (benchmarks/results/vectorize_memory_2026-12-04.txt). Strips of whole rows would grow thinner
+as maps grow wider and cut more patches into pieces (1.36x the memory at 17x the pixels, measured in
+benchmarks/results/vectorize_memory_2026-11-28.txt).
 
-A minimum mapping unit needs the whole map's patches first: a first pass labels every patch, counts
-it and keeps the edges it shares with its neighbours, and the patches under the unit join their
-largest neighbour (GDAL's sieve rule) on that graph, so the result does not depend on where strips
-end; the polygons are then made from the sieved strips. That graph grows with the map's patches.
+A minimum mapping unit needs the whole map's patches first: a first pass over the same blocks
+labels every patch, counts it and keeps the edges it shares with its neighbours, and the patches
+under the unit join their largest neighbour (GDAL's sieve rule) on that graph, so the result does
+not depend on where blocks end; the polygons are then made from the sieved blocks. That graph
+grows with the map's patches.
 
 ``simplify`` is GEOS's coverage simplification: neighbours keep one shared edge, no gaps or
 overlaps. It needs every polygon at once, so with it memory grows with the polygon count.
@@ -44,13 +48,13 @@ from .raster import gdal_env, open_raster
 from .staging import check_output, exclusive, staging_file
 from .styles import add_layer_style
 
-#: Pixels per strip: a few tens of MB of working arrays whatever the map's size.
-STRIP_PIXELS = 1_000_000
+#: Pixels a side of the blocks read at a time: a few tens of MB of working arrays whatever the map's size.
+BLOCK = 512
 #: Polygons written per GeoPackage transaction.
 BATCH = 20_000
 CLASS_FIELD = "class_value"
 
-Strip = tuple[np.ndarray, np.ndarray]  # class values and where they are classes, for rows r0..r1
+Pixels = tuple[np.ndarray, np.ndarray]  # class values and where they are classes, in a block's window
 
 
 def parse_min_area(text: str | None) -> tuple[float, str] | None:
@@ -76,24 +80,26 @@ def min_area_pixels(min_area: tuple[float, str] | None, pixel_area: float, metre
     return max(1, math.ceil(amount * 1e4 / pixel_area - 1e-9))
 
 
-def _strips(height: int, width: int, block_rows: int, rows: int | None) -> list[tuple[int, int]]:
-    if rows is None:
-        rows = max(1, STRIP_PIXELS // max(width, 1))
-        if rows > block_rows:
-            rows -= rows % block_rows  # whole blocks: each is decoded once
-    return [(r, min(r + rows, height)) for r in range(0, height, rows)]
+def _blocks(height: int, width: int, size: int, stored: tuple[int, int]) -> list[Window]:
+    """Windows of ``size`` x ``size`` pixels, a row of them after another; a size above the map's
+    stored blocks is cut to whole stored blocks (each decoded once)."""
+    def side(stored_side: int) -> int:
+        return size - size % stored_side if size > stored_side else size
+
+    rows, cols = side(stored[0]), side(stored[1])
+    return [Window(c, r, min(cols, width - c), min(rows, height - r))
+            for r in range(0, height, rows) for c in range(0, width, cols)]
 
 
 class _MapReader:
-    """Strips of a class map as (values, where they are classes), checking on the way that it is
+    """Blocks of a class map as (values, where they are classes), checking on the way that it is
     one: whole numbers, none negative, and few distinct values unless the map names its classes."""
 
     def __init__(self, src, path: Path, named: bool) -> None:
         self.src, self.path, self.named = src, path, named
         self.seen: set[int] = set()
 
-    def __call__(self, r0: int, r1: int) -> Strip:
-        window = Window(0, r0, self.src.width, r1 - r0)
+    def __call__(self, window: Window) -> Pixels:
         data = self.src.read(1, window=window)
         valid = self.src.read_masks(1, window=window) > 0
         if data.dtype.kind == "f":
@@ -140,41 +146,79 @@ def _edges(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Patches:
-    """The sieve's first pass: every patch of the map (global id 1..N, in strip order)."""
+    """The sieve's first pass: every patch of the map (global id 1..N, in block order)."""
 
-    value: list[np.ndarray] = field(default_factory=list)   # per strip: class of each local patch
-    count: list[np.ndarray] = field(default_factory=list)   # per strip: pixels of each local patch
-    seams: list[np.ndarray] = field(default_factory=list)   # (2, k) global ids joined across a seam
+    value: list[np.ndarray] = field(default_factory=list)   # per block: class of each local patch
+    count: list[np.ndarray] = field(default_factory=list)   # per block: pixels of each local patch
+    seams: list[np.ndarray] = field(default_factory=list)   # (2, k) global ids joined across a block edge
     touching: list[np.ndarray] = field(default_factory=list)  # (3, k) neighbouring ids and edge length
-    offsets: list[int] = field(default_factory=lambda: [0])  # global id of each strip's first patch - 1
+    offsets: list[int] = field(default_factory=lambda: [0])  # global id of each block's first patch - 1
 
 
-def _scan(read: _MapReader, strips, threshold: int, progress: bool, width: int) -> _Patches:
-    """Pass 1: every patch, its joins across strip seams and its neighbours, less the pairs of two
-    patches already known to be kept (inside the strip, at least ``threshold`` pixels)."""
+class _Frontier:
+    """The read pixels that unread ones touch, as (ids, class values): the last row read in every
+    column (the row above the blocks still to come in the current row of blocks, the current row's
+    last row under those read) and the last block's right column."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
+        self.bottom, self.bottom_values = np.zeros(width, np.int64), np.zeros(width, np.int64)
+        self.right = self.right_values = np.zeros(0, np.int64)
+
+    def beside(self, window: Window, ids: np.ndarray, data: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+        """Along the block's top and left edges (where it has neighbours read before it): the
+        frontier's ids and class values, and the block's own ids and values beside them."""
+        c0, c1 = int(window.col_off), int(window.col_off + window.width)
+        pairs = []
+        if window.row_off > 0:
+            pairs.append((self.bottom[c0:c1].copy(), self.bottom_values[c0:c1].copy(), ids[0], data[0]))
+        if window.col_off > 0:
+            pairs.append((self.right, self.right_values, ids[:, 0], data[:, 0]))
+        return pairs
+
+    def advance(self, window: Window, ids: np.ndarray, data: np.ndarray) -> None:
+        """The block has been read: its last row and column become the frontier (none at the map's edge)."""
+        c0, c1 = int(window.col_off), int(window.col_off + window.width)
+        self.bottom[c0:c1] = 0 if window.row_off + window.height >= self.height else ids[-1]
+        self.bottom_values[c0:c1] = data[-1]
+        if c1 < self.width:
+            self.right, self.right_values = ids[:, -1].copy(), data[:, -1].copy()
+        else:
+            self.right = self.right_values = np.zeros(0, np.int64)
+
+    def ids(self) -> np.ndarray:
+        return np.concatenate([self.bottom, self.right])
+
+    def rename(self, new: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.bottom, self.right = new(self.bottom), new(self.right)
+
+
+def _scan(read: _MapReader, blocks: list[Window], threshold: int, progress: bool, width: int,
+          height: int) -> _Patches:
+    """Pass 1: every patch, its joins across block edges and its neighbours, less the pairs of two
+    patches already known to be kept (inside the block, at least ``threshold`` pixels)."""
     patches = _Patches()
-    previous = None  # (global ids, values) of the row above the current strip
-    weights = [(r1 - r0) * width / 1e6 for r0, r1 in strips]
-    for r0, r1 in track(strips, len(strips), "Patches for --min-area", progress, weights, "MP"):
-        data, valid = read(r0, r1)
+    frontier = _Frontier(width, height)
+    weights = [w.width * w.height / 1e6 for w in blocks]
+    for window in track(blocks, len(blocks), "Patches for --min-area", progress, weights, "MP"):
+        data, valid = read(window)
         labels, values = _label(data, valid)
         offset = patches.offsets[-1]
         ids = np.where(labels > 0, labels + offset, 0)
         patches.value.append(values.astype(np.int32))  # 4 bytes a patch: maps hold millions
         patches.count.append(np.bincount(labels.ravel(), minlength=len(values) + 1)[1:].astype(np.int32))
         patches.offsets.append(offset + len(values))
-        if previous is not None:
-            above, above_values = previous
-            joined = (above > 0) & (ids[0] > 0) & (above_values == data[0])
-            patches.seams.append(np.stack([above[joined], ids[0][joined]]).astype(np.int32))
-            patches.touching.append(_edges(above, ids[0]).astype(np.int32))
+        for outer, outer_values, inner, inner_values in frontier.beside(window, ids, data):
+            joined = (outer > 0) & (inner > 0) & (outer_values == inner_values)
+            patches.seams.append(np.stack([outer[joined], inner[joined]]).astype(np.int32))
+            patches.touching.append(_edges(outer, inner).astype(np.int32))
         settled = patches.count[-1] >= threshold
-        on_edge = np.unique(np.r_[labels[0], labels[-1]])  # may continue in the next or last strip
+        on_edge = np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])  # may continue beyond
         settled[on_edge[on_edge > 0] - 1] = False
         for pairs in (_edges(ids[:, :-1], ids[:, 1:]), _edges(ids[:-1], ids[1:])):
             both = settled[pairs[0] - offset - 1] & settled[pairs[1] - offset - 1]
             patches.touching.append(pairs[:, ~both].astype(np.int32))
-        previous = (ids[-1].copy(), data[-1].copy())
+        frontier.advance(window, ids, data)
     return patches
 
 
@@ -236,46 +280,47 @@ def _sieved_classes(patches: _Patches, threshold: int) -> np.ndarray:
 
 
 class _SievedReader:
-    """Strips of the map after the sieve: each strip labelled as in the first pass, each patch given
+    """Blocks of the map after the sieve: each block labelled as in the first pass, each patch given
     the class it ends with."""
 
-    def __init__(self, read: _MapReader, strips, patches: _Patches, threshold: int) -> None:
+    def __init__(self, read: _MapReader, blocks: list[Window], patches: _Patches, threshold: int) -> None:
         self.read = read
-        self.offsets = {r0: patches.offsets[i] for i, (r0, _) in enumerate(strips)}
+        self.offsets = {(w.row_off, w.col_off): patches.offsets[i] for i, w in enumerate(blocks)}
         self.classes = _sieved_classes(patches, threshold)
 
-    def __call__(self, r0: int, r1: int) -> Strip:
-        data, valid = self.read(r0, r1)
+    def __call__(self, window: Window) -> Pixels:
+        data, valid = self.read(window)
         labels, _ = _label(data, valid)
-        return self.classes[np.where(labels > 0, labels + self.offsets[r0], 0)], labels > 0
+        return self.classes[np.where(labels > 0, labels + self.offsets[window.row_off, window.col_off], 0)], labels > 0
 
 
 @dataclass
 class _Open:
-    """A patch some strip has reached: its class, its pixels so far and its polygon pieces."""
+    """A patch some block has reached: its class, its pixels so far and its polygon pieces."""
 
     value: int
     pixels: int
     pieces: list = field(default_factory=list)
 
 
-def _patches_as_polygons(read: Callable[[int, int], Strip], strips, selected: Callable[[np.ndarray], np.ndarray],
-                         progress: bool, width: int) -> Iterator[tuple[int, int, shapely.Geometry]]:
+def _patches_as_polygons(read: Callable[[Window], Pixels], blocks: list[Window],
+                         selected: Callable[[np.ndarray], np.ndarray], progress: bool, width: int,
+                         height: int) -> Iterator[tuple[int, int, shapely.Geometry]]:
     """(class, pixels, polygon in pixel coordinates) of each patch of the selected classes, as soon
-    as a strip leaves it behind: pieces joined across the row two strips share are one patch."""
+    as no unread pixel touches it: pieces joined across a block's top or left edge are one patch."""
     open_: dict[int, _Open] = {}
-    alias: dict[int, int] = {}  # patch id -> the id it was merged into
+    alias: dict[int, int] = {}  # patch id -> the id it was merged into, until the frontier is renamed
 
     def find(i: int) -> int:
         while i in alias:
             i = alias[i]
         return i
 
-    above = above_values = None  # the previous strip's last row: patch ids and classes
+    frontier = _Frontier(width, height)
     next_id = 1
-    weights = [(r1 - r0) * width / 1e6 for r0, r1 in strips]
-    for r0, r1 in track(strips, len(strips), "Polygons", progress, weights, "MP"):
-        data, valid = read(r0, r1)
+    weights = [w.width * w.height / 1e6 for w in blocks]
+    for window in track(blocks, len(blocks), "Polygons", progress, weights, "MP"):
+        data, valid = read(window)
         valid &= selected(data)
         labels, values = _label(data, valid)
         counts = np.bincount(labels.ravel(), minlength=len(values) + 1)[1:]
@@ -284,28 +329,34 @@ def _patches_as_polygons(read: Callable[[int, int], Strip], strips, selected: Ca
         for i, value, count in zip(ids[1:].tolist(), values.tolist(), counts.tolist()):
             open_[i] = _Open(value, count)
         found = list(features.shapes(labels.astype(np.int32), mask=labels > 0, connectivity=4,
-                                     transform=Affine(1, 0, 0, 0, 1, r0)))
+                                     transform=Affine(1, 0, window.col_off, 0, 1, window.row_off)))
         for (_, label), piece in zip(found, _from_geojson([g for g, _ in found])):
             open_[int(ids[int(label)])].pieces.append(piece)
-        if above is not None:
-            top = ids[labels[0]]
-            joined = (above > 0) & (top > 0) & (above_values == data[0])
-            for a, b in np.unique(np.stack([above[joined], top[joined]]), axis=1).T.tolist():
+        block_ids = ids[labels]
+        leaving = [ids[1:]]  # what may close now: this block's patches and the frontier it replaces
+        for outer, outer_values, inner, inner_values in frontier.beside(window, block_ids, data):
+            leaving.append(outer)
+            joined = (outer > 0) & (inner > 0) & (outer_values == inner_values)
+            for a, b in np.unique(np.stack([outer[joined], inner[joined]]), axis=1).T.tolist():
                 a, b = find(a), find(b)
                 if a != b:
                     keep, gone = (a, b) if len(open_[a].pieces) >= len(open_[b].pieces) else (b, a)
                     open_[keep].pixels += open_[gone].pixels
                     open_[keep].pieces += open_.pop(gone).pieces
                     alias[gone] = keep
-        bottom = ids[labels[-1]] if r1 < strips[-1][1] else np.zeros(labels.shape[1], np.int64)
-        continuing = {find(i) for i in np.unique(bottom[bottom > 0]).tolist()}
-        for i in [i for i in open_ if i not in continuing]:
+        frontier.advance(window, block_ids, data)
+        known = np.unique(np.concatenate([*leaving, frontier.ids()]))
+        known = known[known > 0]
+        final = np.array([find(i) for i in known.tolist()], np.int64)
+        still_open = set(final[np.isin(known, frontier.ids())].tolist())
+        for i in set(final.tolist()) - still_open:
             patch = open_.pop(i)
             yield patch.value, patch.pixels, (patch.pieces[0] if len(patch.pieces) == 1
                                               else shapely.union_all(patch.pieces))
-        above = np.array([find(i) for i in bottom.tolist()]) if bottom.any() else bottom
-        above_values = data[-1].copy()
-        alias.clear()  # every id still open is its own: the next strip joins to these
+        # every id the frontier holds becomes the one it was merged into, so the aliases can go
+        if known.size:
+            frontier.rename(lambda a: np.where(a > 0, final[np.searchsorted(known, a).clip(0, len(known) - 1)], 0))
+        alias.clear()
 
 
 def _from_geojson(polygons: list[dict]) -> np.ndarray:
@@ -361,7 +412,7 @@ def vectorize(
     layer: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
-    strip_rows: int | None = None,
+    block_size: int = BLOCK,
 ) -> Path:
     """Polygons of a class map in a styled GeoPackage: one per 4-connected patch of one class.
 
@@ -371,7 +422,7 @@ def vectorize(
     (the others still take part in the sieve). Fields: class value and name, the patch's pixels,
     area (hectares where the CRS is in metres, else the CRS's unit squared, named so) and perimeter.
     The layer (``layer``, default the file's name) opens in QGIS in the map's colours.
-    ``strip_rows``: rows read at a time (default: about :data:`STRIP_PIXELS` pixels).
+    ``block_size``: pixels a side of the blocks read at a time (default :data:`BLOCK`).
     """
     classified, out = Path(classified), Path(out)
     if out.suffix.lower() != ".gpkg":
@@ -379,8 +430,8 @@ def vectorize(
     check_output(out, overwrite)
     if simplify is not None and simplify <= 0:
         raise SparsecoverError(f"--simplify must be a tolerance above 0 in map units, got {simplify}")
-    if strip_rows is not None and strip_rows < 1:
-        raise SparsecoverError(f"strip_rows must be 1 or more, got {strip_rows}")
+    if block_size < 1:
+        raise SparsecoverError(f"block_size must be 1 or more, got {block_size}")
     area = parse_min_area(min_area) if not isinstance(min_area, tuple) else min_area
     layer = layer or out.stem
     with gdal_env(), open_raster(classified) as src, exclusive(out):
@@ -398,10 +449,11 @@ def vectorize(
         names, colours = read_raster_classes(src)
         if names:  # before any work; a map without a class table is checked once read
             _check_classes(classified, classes, set(names))
-        strips = _strips(src.height, src.width, src.block_shapes[0][0], strip_rows)
-        read: Callable[[int, int], Strip] = _MapReader(src, classified, bool(names or colours))
+        blocks = _blocks(src.height, src.width, block_size, src.block_shapes[0])
+        read: Callable[[Window], Pixels] = _MapReader(src, classified, bool(names or colours))
         if threshold > 1:
-            read = _SievedReader(read, strips, _scan(read, strips, threshold, progress, src.width), threshold)
+            patches = _scan(read, blocks, threshold, progress, src.width, src.height)
+            read = _SievedReader(read, blocks, patches, threshold)
         wanted = np.array(sorted(classes or []), np.int64)
 
         def selected(data: np.ndarray) -> np.ndarray:
@@ -414,7 +466,7 @@ def vectorize(
         try:
             staging = staging_file(out, suffix=".gpkg")
             staging.unlink()  # the GPKG driver creates the file itself
-            polygons = _patches_as_polygons(read, strips, selected, progress, src.width)
+            polygons = _patches_as_polygons(read, blocks, selected, progress, src.width, src.height)
             if simplify is not None:  # every pixel corner a vertex: edges matched for GEOS
                 rows = [(v, p, shapely.segmentize(g, 1.0)) for v, p, g in polygons]
                 simple = shapely.coverage_simplify(to_map(np.array([g for _, _, g in rows], dtype=object)), simplify)
