@@ -325,6 +325,10 @@ def _train(prepared: Prepared, run: RunFolder, config: TrainConfig, lr: float) -
     save_package(run.model, run.package, onnx=config.onnx, overwrite=True)
     run.remove_partials()
     if not config.keep_checkpoints:  # a finished run has nothing to resume; the package holds the model
+        # last.ckpt first: while it is there --resume takes the run as unfinished and needs best.ckpt too,
+        # so a kill halfway through removing the folder must not leave it without best.ckpt
+        for k in range(config.members):
+            run.member(k).last_checkpoint.unlink(missing_ok=True)
         for k in range(config.members):
             shutil.rmtree(run.member(k).checkpoints, ignore_errors=True)
     return run.root
