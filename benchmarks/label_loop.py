@@ -1,6 +1,6 @@
 """The labelling loop with a simulated annotator: do `suggest`'s squares help more than random ones?
 
-    python benchmarks/label_loop.py [--seeds 0 1 2] [--rounds 4] [--squares 20] [--size 5]
+    python benchmarks/label_loop.py [--seeds 0 1 2] [--rounds 4] [--squares 20] [--size 5] [--strategies ...]
 
 NC Landsat scene (../shared/data/nc_landsat). Each seed starts from one polygon per class (drawn
 at random per seed) and trains the default recipe. Then, per strategy, ``--rounds`` times: the
@@ -11,10 +11,11 @@ of labelled pixels), and the model is trained again from scratch on the polygons
 so far (export -> train -> classify, all defaults). Each map is scored against strata.tif on every
 reference pixel outside the strategy's labels.
 
-Strategies:
-  suggest     `sparsecover suggest` (uncertain, spread out, every predicted class covered)
-  random      squares at random on valid pixels, away from the labels (the same candidate rules)
+Strategies (class turns x uncertainty, and neither):
+  suggest     `sparsecover suggest`: the most uncertain squares, spread out, every predicted class once
+  uncertain   the most uncertain squares, spread out (suggest without its class coverage)
   stratified  random squares, the same number in every predicted class
+  random      squares at random on valid pixels, away from the labels (the same candidate rules)
 
 Prints macro-F1 / kappa per round, strategy and seed, then the means, and writes a plot of macro-F1
 against labelled pixels (``--plot``).
@@ -26,6 +27,7 @@ import argparse
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import geopandas as gpd
@@ -42,11 +44,11 @@ from sparsecover.classify import classify_pixels  # noqa: E402
 from sparsecover.errors import SparsecoverWarning  # noqa: E402
 from sparsecover.evaluate import evaluate_map  # noqa: E402
 from sparsecover.stack import stack_bands  # noqa: E402
-from sparsecover.suggest import excluded_cells, read_cells, suggest_labels  # noqa: E402
+from sparsecover.suggest import choose_cells, excluded_cells, read_cells, suggest_labels  # noqa: E402
 from sparsecover.train import TrainConfig, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-STRATEGIES = ("suggest", "random", "stratified")
+STRATEGIES = ("suggest", "uncertain", "stratified", "random")
 SPARE = 3  # squares asked for per square wanted: some fall where the reference has no class
 
 
@@ -88,6 +90,13 @@ def random_squares(cells, allowed: np.ndarray, n: int, rng, stratified: bool) ->
     return gpd.GeoDataFrame(geometry=[cells.square(int(rows[i]), int(cols[i])) for i in order], crs=cells.crs)
 
 
+def uncertain_squares(cells, allowed: np.ndarray, n: int, seed: int) -> gpd.GeoDataFrame:
+    """suggest's rule with every candidate cell in one class: the most uncertain cells, spread out."""
+    one_class = replace(cells, predicted=(cells.predicted > 0).astype(np.uint8))
+    return gpd.GeoDataFrame(geometry=[cells.square(r, c) for r, c in choose_cells(one_class, allowed, n, seed)],
+                            crs=cells.crs)
+
+
 def score(mapped: Path, reference: Path, labels: Path, out: Path) -> dict:
     summary = evaluate_map(mapped, reference, out, exclude=labels, progress=False)
     return {"oa": summary["overall_accuracy"], "macro_f1": summary["macro_f1"], "kappa": summary["kappa"]}
@@ -125,11 +134,12 @@ def run_seed(seed: int, args, image: Path, data: Path, work: Path) -> list[dict]
     first = score(mapped, data / scene.reference, labels0, base / "round0" / "eval")
     pixels0 = int(features.rasterize(start.geometry, out_shape=reference.shape, transform=transform,
                                      all_touched=True).sum())
-    rows = [dict(strategy=s, seed=seed, round=0, pixels=pixels0, train_s=seconds, **first) for s in STRATEGIES]
+    rows = [dict(strategy=s, seed=seed, round=0, pixels=pixels0, train_s=seconds, **first) for s in args.strategies]
     print_rows(rows)
     rng_root = np.random.default_rng(seed)
-    for strategy in STRATEGIES:
-        rng = np.random.default_rng(rng_root.integers(1 << 31))
+    draws = {s: rng_root.integers(1 << 31) for s in STRATEGIES}  # the same for a strategy run alone
+    for strategy in args.strategies:
+        rng = np.random.default_rng(draws[strategy])
         labelled, current = start, (model, mapped, unc)
         folder = base / strategy
         folder.mkdir(exist_ok=True)
@@ -145,7 +155,10 @@ def run_seed(seed: int, args, image: Path, data: Path, work: Path) -> list[dict]
             else:
                 cells = read_cells(current[1], current[2], args.size)
                 allowed = cells.valid & ~excluded_cells(labelled, labels_path, cells)
-                squares = random_squares(cells, allowed, asked, rng, strategy == "stratified")
+                if strategy == "uncertain":
+                    squares = uncertain_squares(cells, allowed & cells.candidates, asked, seed)
+                else:
+                    squares = random_squares(cells, allowed, asked, rng, strategy == "stratified")
             new = annotate(squares.to_crs(crs), reference, transform, field, args.squares)
             labelled = gpd.GeoDataFrame(pd.concat([labelled, new[[field, "geometry"]]], ignore_index=True), crs=crs)
             labels_path = folder / f"labels_round{k}.gpkg"
@@ -182,7 +195,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for strategy in STRATEGIES:
+    for strategy in dict.fromkeys(r["strategy"] for r in rows):
         mine = [r for r in rows if r["strategy"] == strategy]
         ax.plot([r["pixels"] for r in mine], [r["macro_f1"] for r in mine], marker="o", label=strategy)
     ax.set_xlabel("labelled pixels (mean over seeds)")
@@ -205,6 +218,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=10, help="Training epochs (10: the default recipe's).")
     parser.add_argument("--plot", type=Path, help="PNG of macro-F1 against labelled pixels.")
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     args = parser.parse_args()
     warnings.simplefilter("ignore", SparsecoverWarning)
     import tempfile
@@ -224,13 +238,13 @@ def main() -> None:
         print(HEADER)
         print_rows(summary)
         last = {r["strategy"]: r for r in summary if r["round"] == args.rounds}
-        per_seed = {s: {r["seed"]: r["macro_f1"] for r in rows if r["strategy"] == s and r["round"] == args.rounds}
-                    for s in STRATEGIES}
-        wins = sum(per_seed["suggest"][s] > per_seed["random"][s] for s in args.seeds)
-        print(f"\nafter round {args.rounds}: suggest - random macro-F1 = "
-              f"{last['suggest']['macro_f1'] - last['random']['macro_f1']:+.3f} (mean), suggest ahead in "
-              f"{wins} of {len(args.seeds)} seeds; suggest - stratified = "
-              f"{last['suggest']['macro_f1'] - last['stratified']['macro_f1']:+.3f}")
+        final = {(r["strategy"], r["seed"]): r["macro_f1"] for r in rows if r["round"] == args.rounds}
+        if "suggest" in last:
+            for other in [s for s in args.strategies if s != "suggest"]:
+                wins = sum(final["suggest", s] > final[other, s] for s in args.seeds)
+                print(f"after round {args.rounds}: suggest - {other} macro-F1 = "
+                      f"{last['suggest']['macro_f1'] - last[other]['macro_f1']:+.3f} (mean), suggest ahead in "
+                      f"{wins} of {len(args.seeds)} seeds")
         if args.plot:
             plot(summary, args.plot)
             print(f"plot: {args.plot}")

@@ -95,7 +95,7 @@ def test_squares_are_valid_single_class_away_from_labels_and_spread(model, scene
     assert len(labellable) > 1 and set(frame["predicted"]) == labellable
 
 
-def test_choose_cells_covers_rare_classes_first_then_the_most_uncertain():
+def test_choose_cells_takes_the_most_uncertain_spread_out_then_covers_every_class():
     rng = np.random.default_rng(0)
     uncertainty = rng.uniform(0, 0.5, (40, 40)).astype(np.float32)
     predicted = np.ones((40, 40), np.uint8)
@@ -105,11 +105,19 @@ def test_choose_cells_covers_rare_classes_first_then_the_most_uncertain():
     uncertainty[20, 5] = uncertainty[20, 6] = 0.99  # the two most uncertain cells, side by side
     cells = Cells(uncertainty, predicted, np.ones((40, 40), bool), Affine.identity())
     chosen = choose_cells(cells, cells.candidates, n=5, seed=0)
-    assert [predicted[c] for c in chosen[:3]] == [3, 2, 1]  # rarest class first
-    assert chosen[2] in {(20, 5), (20, 6)}  # class 1's square: its most uncertain cell
-    assert (20, 5) not in chosen[3:] and (20, 6) not in chosen[3:]  # its neighbour is too close
+    assert chosen[0] in {(20, 5), (20, 6)} and (20, 5) not in chosen[1:] and (20, 6) not in chosen[1:]
     assert len(chosen) == 5 and len(set(chosen)) == 5
-    assert choose_cells(cells, cells.candidates, n=2, seed=0) == chosen[:2]
+    assert {predicted[c] for c in chosen} == {1, 2, 3}  # the rare classes take the least uncertain squares' places
+    assert [uncertainty[c] for c in chosen] == sorted((uncertainty[c] for c in chosen), reverse=True)  # ranked
+    spacing = min_spacing(1600, 5)
+    ones = [c for c in chosen if predicted[c] == 1]
+    for k, pick in enumerate(ones):  # class 1: the most uncertain cells that keep the spacing
+        free = [(r, c) for r in range(40) for c in range(40) if predicted[r, c] == 1
+                and all(max(abs(r - a), abs(c - b)) >= spacing for a, b in ones[:k])]
+        assert uncertainty[pick] == max(uncertainty[cell] for cell in free)
+    alone = Cells(uncertainty, np.where(predicted > 0, 1, 0).astype(np.uint8), cells.valid, Affine.identity())
+    assert set(ones) < set(choose_cells(alone, alone.candidates, n=5, seed=0))  # what uncertainty alone picks
+    assert len(choose_cells(cells, cells.candidates, n=2, seed=0)) == 2  # too few squares for every class
     assert choose_cells(cells, np.zeros((40, 40), bool), n=3) == []
     predicted[1, 1] = 4  # a class found only beside class 3's square: covered all the same
     chosen = choose_cells(cells, cells.candidates, n=5, seed=0)
@@ -159,3 +167,18 @@ def test_bad_input_is_one_line(model, scene, tmp_path):
     result = CliRunner().invoke(cli, ["suggest", str(scene), str(model), "--out", str(tmp_path / "s.gpkg"),
                                       "--n", "0"])
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "--n must be at least 1" in result.output
+
+
+def test_disagreement_is_zero_where_members_agree_and_one_where_each_is_sure_of_another_class():
+    import torch
+
+    from sparsecover.model import disagreement
+
+    sure = torch.eye(3).view(3, 1, 3, 1, 1)  # member k is sure of class k: (members, N, K, H, W)
+    unsure = torch.full((3, 1, 3, 1, 1), 1 / 3)  # all agree that they cannot tell
+    agree = torch.tensor([0.7, 0.2, 0.1]).view(1, 1, 3, 1, 1).expand(3, 1, 3, 1, 1)
+    split = torch.stack([sure[0], sure[0], sure[1]])  # two of three sure of class 0, one of class 1
+    values = [float(disagreement(m)) for m in (sure, unsure, agree, split)]
+    assert values[0] == pytest.approx(1) and values[1] == pytest.approx(0) and values[2] == pytest.approx(0, abs=1e-6)
+    assert 0.5 < values[3] < 1  # entropy of (2/3, 1/3) over log 3
+    assert values[3] == pytest.approx(-(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3)) / math.log(3))

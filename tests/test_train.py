@@ -473,7 +473,8 @@ def test_early_stopping_stops_when_validation_loss_stalls(train_chips, tmp_path)
 
 def test_an_ensemble_averages_members_trained_from_other_starts(train_chips, tmp_path):
     from sparsecover.classify import classify_pixels
-    from sparsecover.model import Ensemble
+    from sparsecover.classify.outputs import DISAGREEMENT
+    from sparsecover.model import Ensemble, RawInputModel, disagreement
     from sparsecover.package import describe_package, export_onnx, onnx_session
     from sparsecover.predict import load_model
 
@@ -498,6 +499,22 @@ def test_an_ensemble_averages_members_trained_from_other_starts(train_chips, tmp
     scene = train_chips.parent / "classes_scene.tif"
     mapped = classify_pixels(scene, run, tmp_path / "map.tif", tile_size=64, padding=16, progress=False)
     assert set(np.unique(rasterio.open(mapped).read(1))) <= {0, 1, 2, 3}
+    # its uncertainty is the members' disagreement, from the same pass; the class map is the same with it
+    with_unc = classify_pixels(scene, run, tmp_path / "map_u.tif", tile_size=128, padding=16, precision="fp32",
+                               uncertainty=tmp_path / "u.tif", progress=False)
+    one_pass = classify_pixels(scene, run, tmp_path / "map_1.tif", tile_size=128, padding=16, precision="fp32",
+                               progress=False)  # 128 px: the whole scene is one tile
+    np.testing.assert_array_equal(rasterio.open(with_unc).read(1), rasterio.open(one_pass).read(1))
+    with rasterio.open(tmp_path / "u.tif") as src:
+        unc, description = src.read(1), src.descriptions[0]
+    assert description == DISAGREEMENT
+    raw = rasterio.open(scene).read().astype(np.float32)
+    graph = RawInputModel(model.network, meta).eval()
+    with torch.no_grad():
+        x = graph.normalise(torch.from_numpy(raw[None]))
+        members = torch.stack([torch.softmax(m(x) + graph.offsets, 1) for m in model.network.members])
+    np.testing.assert_allclose(unc, disagreement(members)[0].numpy(), atol=1e-5)
+    assert 0 <= unc.min() and unc.max() <= 1 and unc.std() > 0
     session = onnx_session(export_onnx(run / "model.sparsecover", tmp_path / "m.onnx").read_bytes())
     raw = np.random.default_rng(0).uniform(0, 255, (1, 4, 32, 32)).astype(np.float32)
     valid = np.ones((32, 32), dtype=bool)

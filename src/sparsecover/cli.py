@@ -244,7 +244,8 @@ def lr_find(chips, out, **kw) -> None:
 @click.option("--confidence", type=click.Path(path_type=Path), help="Also write the top-class probability here.")
 @click.option("--probabilities", type=click.Path(path_type=Path), help="Also write per-class probabilities here.")
 @click.option("--uncertainty", type=click.Path(path_type=Path),
-              help="Also write each pixel's uncertainty here (1 - margin of the top two probabilities).")
+              help="Also write each pixel's uncertainty here (1 - margin of the top two probabilities; "
+                   "for an ensemble, its members' disagreement).")
 @click.option("--vector", type=click.Path(path_type=Path),
               help="Also write the map as polygons in this GeoPackage (see `sparsecover vectorize`).")
 @click.option("--min-area", help="With --vector: minimum mapping unit, e.g. 0.5ha or 12px.")

@@ -158,9 +158,12 @@ class Ensemble(nn.Module):
         super().__init__()
         self.members = nn.ModuleList(members)
 
+    def member_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Each member's class probabilities, (members, N, K, H, W)."""
+        return torch.stack([torch.softmax(m(x).float(), dim=1) for m in self.members])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probabilities = torch.stack([torch.softmax(m(x).float(), dim=1) for m in self.members]).mean(0)
-        return torch.log(probabilities.clamp_min(1e-12))
+        return torch.log(self.member_probabilities(x).mean(0).clamp_min(1e-12))
 
 
 def build_ensemble(members: int, **network) -> nn.Module:
@@ -295,9 +298,34 @@ class RawInputModel(nn.Module):
         self.register_buffer("offsets", offsets_of(meta))
         self.network = network
 
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (torch.minimum(torch.maximum(x, self.low), self.high) - self.mean) / self.std
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        x = (torch.minimum(torch.maximum(x, self.low), self.high) - self.mean) / self.std
-        return self.network(x).float() + self.offsets
+        return self.network(self.normalise(x)).float() + self.offsets
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.logits(x), dim=1)
+
+    def with_disagreement(self, x: torch.Tensor) -> torch.Tensor:
+        """An :class:`Ensemble`'s class probabilities (exactly :meth:`forward`'s) and, as one more
+        channel, its members' disagreement (:func:`disagreement`), (N, K + 1, H, W): one pass of
+        the members gives both."""
+        raw = self.network.member_probabilities(self.normalise(x))
+        probabilities = torch.softmax(torch.log(raw.mean(0).clamp_min(1e-12)) + self.offsets, dim=1)
+        members = torch.softmax(torch.log(raw.clamp_min(1e-12)) + self.offsets, dim=2)  # each decides as the whole
+        return torch.cat([probabilities, disagreement(members)[:, None]], dim=1)
+
+
+def disagreement(members: torch.Tensor) -> torch.Tensor:
+    """How much an ensemble's members disagree, per pixel of (members, N, K, H, W) probabilities: the
+    mutual information between the class and the member (the entropy of the mean probability less
+    the members' mean entropy; BALD, Houlsby et al. 2011) as a share of its largest possible value,
+    log(min(members, K)). 0 where the members agree, however unsure each is; 1 where each is sure of
+    another class. Why for suggest: where the members part ways the labels have not settled the
+    answer, so a label there teaches; a pixel where all agree it is a 50/50 mix teaches less."""
+    def entropy(p: torch.Tensor, dim: int) -> torch.Tensor:
+        return -(p * torch.log(p.clamp_min(1e-12))).sum(dim)
+
+    information = entropy(members.mean(0), 1) - entropy(members, 2).mean(0)
+    return (information / math.log(min(members.shape[0], members.shape[2]))).clamp(0, 1)

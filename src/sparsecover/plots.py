@@ -199,9 +199,9 @@ def plot_uncertainty(uncertainty: str | Path | None, suggestions: str | Path | N
             shape = (max(1, src.height // scale), max(1, src.width // scale))
             data = src.read(1, out_shape=shape, masked=True)
             to_image = ~(src.transform * rasterio.Affine.scale(src.width / shape[1], src.height / shape[0]))
-            crs = src.crs
+            crs, label = src.crs, src.descriptions[0] or "uncertainty"  # which measure: classify names it
         shown = ax.imshow(data, cmap="magma", vmin=0, vmax=1)
-        fig.colorbar(shown, ax=ax, shrink=0.7, label="uncertainty (1 - top-two margin)")
+        fig.colorbar(shown, ax=ax, shrink=0.7, label=label.replace(" (", "\n("))
     if suggestions is not None:
         frame = gpd.read_file(suggestions, engine="pyogrio")
         if to_image is not None:

@@ -8,13 +8,19 @@ and picks ``n`` of them to label:
 
 - a cell is a candidate when all its pixels are valid and predicted as one class (a square the user
   can label with one class), and it lies at least ``size`` pixels away from every existing label;
-- every predicted class gets a square first (its most uncertain cell away from the squares chosen
-  before it, or its most uncertain cell if none is), rarest class first: rare classes are where
-  sparse-label maps fail;
-- then the most uncertain cells, each at least a minimum spacing from those chosen, so that the
-  squares spread over the scene instead of piling up in one confusing patch. The spacing is half
-  the side of the area each square would own were ``n`` squares spread evenly over the valid part
-  of the scene: it adapts to the scene's size and to ``n``.
+- the most uncertain cells, each at least a minimum spacing from those chosen before it, so that
+  the squares spread over the scene instead of piling up in one confusing patch. The spacing is
+  half the side of the area each square would own were ``n`` squares spread evenly over the valid
+  part of the scene: it adapts to the scene's size and to ``n``;
+- then every predicted class the squares miss gets one (rarest class first: rare classes are where
+  sparse-label maps fail): its most uncertain cell away from the others (or its most uncertain
+  cell if none is), in place of the least uncertain square of a class that has several, while
+  there is one. The squares are ranked by uncertainty.
+
+Uncertainty first, measured against labelling at random, against squares in equal numbers per
+predicted class (random, or each class's most uncertain) and against uncertainty alone:
+benchmarks/results/label_loop_2026-12-04.txt. Equal numbers per class did no better than random
+squares there; every class once costs little and keeps a rare class from going unchecked.
 
 The result is a GeoPackage of squares in the raster's CRS with an empty integer class field named
 like the training polygons' one, for the user to fill in QGIS; ``export --labels first.gpkg
@@ -26,6 +32,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +128,9 @@ class _Spacing:
     def add(self, row: int, col: int) -> None:
         self.buckets.setdefault((row // self.spacing, col // self.spacing), []).append((row, col))
 
+    def remove(self, row: int, col: int) -> None:
+        self.buckets[row // self.spacing, col // self.spacing].remove((row, col))
+
 
 def choose_cells(cells: Cells, allowed: np.ndarray, n: int, seed: int = 0) -> list[tuple[int, int]]:
     """Up to ``n`` cells (row, col), in the order to label them (see the module docstring).
@@ -134,33 +144,36 @@ def choose_cells(cells: Cells, allowed: np.ndarray, n: int, seed: int = 0) -> li
     rng = np.random.default_rng(seed)
     score = cells.uncertainty[rows, cols].astype(np.float64) + rng.uniform(0, 1e-9, len(rows))
     order = np.argsort(-score, kind="stable")
-    rows, cols = rows[order], cols[order]
+    rows, cols = rows[order], cols[order]  # most uncertain first: a lower index is a higher rank
     classes = cells.predicted[rows, cols]
     spacing = _Spacing(min_spacing(int(cells.valid.sum()), n))
-    chosen: list[tuple[int, int]] = []
-
-    def take(indexes: np.ndarray, limit: int) -> None:
-        for i in indexes:
-            if len(chosen) >= limit:
-                return
-            r, c = int(rows[i]), int(cols[i])
-            if spacing.free(r, c):
-                spacing.add(r, c)
-                chosen.append((r, c))
-
+    picks: list[int] = []
+    for i in range(len(rows)):
+        if len(picks) == n:
+            break
+        if spacing.free(int(rows[i]), int(cols[i])):
+            spacing.add(int(rows[i]), int(cols[i]))
+            picks.append(i)
+    picked = Counter(classes[picks].tolist())
     values, counts = np.unique(classes, return_counts=True)
-    for value in values[np.argsort(counts, kind="stable")]:  # rarest predicted class first
+    for value in values[np.argsort(counts, kind="stable")].tolist():  # rarest predicted class first
+        if picked[value]:
+            continue
+        if len(picks) == n:
+            spare = [p for p in picks if picked[int(classes[p])] > 1]
+            if not spare:  # every square a class of its own: n is too small to cover more
+                break
+            drop = max(spare)  # the least uncertain square of a class that has several
+            picks.remove(drop)
+            picked[int(classes[drop])] -= 1
+            spacing.remove(int(rows[drop]), int(cols[drop]))
         mine = np.flatnonzero(classes == value)
-        before = len(chosen)
-        take(mine, before + 1)
-        if len(chosen) == before:  # all of the class lies near squares already chosen: cover it anyway
-            r, c = int(rows[mine[0]]), int(cols[mine[0]])
-            spacing.add(r, c)
-            chosen.append((r, c))
-        if len(chosen) >= n:
-            return chosen
-    take(np.arange(len(rows)), n)
-    return chosen
+        # its most uncertain cell away from the others; if all of it lies near them, its most uncertain
+        pick = next((int(i) for i in mine if spacing.free(int(rows[i]), int(cols[i]))), int(mine[0]))
+        spacing.add(int(rows[pick]), int(cols[pick]))
+        picks.append(pick)
+        picked[value] += 1
+    return [(int(rows[i]), int(cols[i])) for i in sorted(picks)]
 
 
 def excluded_cells(frame, labels: Path, cells: Cells) -> np.ndarray:

@@ -13,7 +13,8 @@ Outputs: uint8 class values as the user defined them, 0 = nodata (input nodata, 
 colour table and class names embedded (the names also in GDAL's ``.aux.xml`` sidecar, where QGIS
 and ArcGIS look for them, see :func:`sparsecover.classes.write_class_sidecar`), overviews (2 x 2
 mode, computed while the blocks are written); optional confidence (top-class probability),
-uncertainty (what `suggest` ranks places by) and per-class probabilities (float32): the rows of
+uncertainty (what `suggest` ranks places by: 1 - the top-two margin, or an ensemble's members'
+disagreement) and per-class probabilities (float32): the rows of
 :data:`.outputs.KINDS`. Everything is written to hidden partial files and turned into COGs only at
 the end, so a failure never leaves a file that looks finished.
 """
@@ -28,14 +29,14 @@ import rasterio
 from rasterio import features
 from rasterio.windows import Window
 
-from ..errors import SparsecoverError
+from ..errors import SparsecoverError, warn
 from ..polygonize import parse_min_area, vectorize
 from ..predict import LoadedModel, check_raster, load_meta, load_model
 from ..progress import track
 from ..raster import GDAL_ERRORS, describe, gdal_env, open_raster, thread_pool
 from ..staging import check_output, exclusive
 from . import schedule
-from .engine import PRECISIONS, Predictor, device_of, use_bf16
+from .engine import PRECISIONS, Inference, Predictor, device_of, use_bf16
 from .outputs import Outputs, Settings, resume_record
 from .plan import MULTIPLE, plan_blocks
 
@@ -182,7 +183,15 @@ def _classify(raster: str | Path, model: str | Path | LoadedModel, out: Path, ti
     with open_raster(raster) as src:
         source = describe(src)
     aoi_mask = _aoi_masker(Path(aoi) if aoi else None, source)
-    classes_only = not extras
+    from ..model import Ensemble  # loaded with the network, not before (`sparsecover check` needs neither)
+
+    # an ensemble's uncertainty is its members' disagreement, which the ONNX graph does not output
+    disagreement = "uncertainty" in extras and isinstance(loaded.network, Ensemble)
+    if disagreement and engine == "onnx":
+        warn(f"{out}: with --engine onnx an ensemble's uncertainty is 1 - the margin of its mean probability; "
+             "--engine torch gives the members' disagreement")
+        disagreement = False
+    how = Inference(engine, tta, not extras, class_prior, bf16, disagreement)
     stat = Path(raster).stat()
     settings = Settings(str(Path(raster).resolve()), f"{stat.st_size} bytes, modified {stat.st_mtime_ns} ns",
                         str(Path(model).resolve()) if not isinstance(model, LoadedModel) else "in-memory",
@@ -190,7 +199,7 @@ def _classify(raster: str | Path, model: str | Path | LoadedModel, out: Path, ti
                         "bf16" if bf16 else "fp32")
     with gdal_env():  # bounded GDAL cache for the outputs too; GDAL errors go to Python logging
         try:
-            writer = Outputs(out, extras, source, loaded.meta, settings, resume)
+            writer = Outputs(out, extras, source, loaded.meta, settings, resume, disagreement)
         except GDAL_ERRORS as exc:
             raise SparsecoverError(f"{out}: cannot create the output ({str(exc).splitlines()[0]}); is the disk full?") from None
         try:
@@ -203,11 +212,10 @@ def _classify(raster: str | Path, model: str | Path | LoadedModel, out: Path, ti
             if workers or dask_scheduler:
                 if isinstance(model, LoadedModel):
                     raise SparsecoverError("Dask workers load the model from its file: pass a path, not a loaded model")
-                results = schedule.dask_results(str(Path(raster).resolve()), str(Path(model).resolve()), device, engine, tta,
-                                        classes_only, class_prior, bf16, batches, loaded.band_indexes, workers,
-                                        dask_scheduler)
+                results = schedule.dask_results(str(Path(raster).resolve()), str(Path(model).resolve()), device, how,
+                                                batches, loaded.band_indexes, workers, dask_scheduler)
             else:
-                predictor = Predictor(loaded, torch_device, engine, tta, classes_only, class_prior, bf16)
+                predictor = Predictor(loaded, torch_device, how)
                 results = schedule.local_results(str(source.path), predictor, batches, loaded.band_indexes)
             # batches are prepared (class values, overviews) by a few threads and written, in order,
             # by one, while the next batches are predicted

@@ -93,26 +93,39 @@ def read_run(src, run: list[Block], band_indexes: list[int]) -> list[RawTile]:
     return tiles
 
 
+@dataclass(frozen=True)
+class Inference:
+    """How a :class:`Predictor` runs: chosen once by classify, and sent as it is to Dask workers."""
+
+    engine: str = "torch"  # one of ENGINES
+    tta: bool = False  # average the 8 flips/rotations
+    classes_only: bool = False  # only the class map is wanted: (N, T, T) class values, no K x T x T copies back
+    class_prior: str = "labels"  # "balanced": without the model's decision offsets
+    bf16: bool = False  # the network under bf16 autocast (torch engine)
+    disagreement: bool = False  # an ensemble's members' disagreement as a last channel (torch engine)
+
+
 class Predictor:
-    """Raw tiles -> class probabilities (N, K, T, T), by PyTorch or ONNX Runtime.
+    """Raw tiles -> class probabilities (N, K, T, T), by PyTorch or ONNX Runtime; with
+    ``disagreement``, (N, K + 1, T, T), the last channel the ensemble members' disagreement
+    (:meth:`sparsecover.model.RawInputModel.with_disagreement`).
 
     Tiles from :func:`read_tile` are assembled on the model's device (on a GPU they travel in their
     own dtype, e.g. uint16, and are converted there), and invalid band values get the band's
     normalisation mean, i.e. 0 after normalisation, as in training (see ``Normalisation.apply``),
-    for both engines. ``tta`` averages the 8 flips/rotations. On CUDA a batch that runs out of
-    memory is split in halves.
+    for both engines. On CUDA a batch that runs out of memory is split in halves.
     """
 
-    def __init__(self, loaded: LoadedModel, device: torch.device, engine: str, tta: bool,
-                 classes_only: bool = False, class_prior: str = "labels", bf16: bool = False) -> None:
+    def __init__(self, loaded: LoadedModel, device: torch.device, how: Inference) -> None:
+        engine = how.engine
         if engine not in ENGINES:
             raise SparsecoverError(f"--engine must be torch or onnx, got {engine!r}")
-        if class_prior == "balanced":
+        if how.class_prior == "balanced":
             loaded = replace(loaded, meta={**loaded.meta, "decision_offsets": None})
-        self.loaded, self.engine, self.tta, self.bf16 = loaded, engine, tta, bf16 and engine == "torch"
+        self.loaded, self.engine, self.tta, self.bf16 = loaded, engine, how.tta, how.bf16 and engine == "torch"
         self.device = device if engine == "torch" else torch.device("cpu")  # where batches are assembled
-        # only the class map is wanted: (N, T, T) class values, no softmax or K x T x T copies back
-        self.classes_only = classes_only and engine == "torch" and not tta
+        self.classes_only = how.classes_only and engine == "torch" and not how.tta
+        self.disagreement = how.disagreement and engine == "torch"
         self.values = torch.tensor(loaded.class_values, dtype=torch.uint8, device=self.device)
         self.fill = torch.tensor(loaded.normalisation.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         if engine == "onnx":
@@ -175,6 +188,8 @@ class Predictor:
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             if self.classes_only:
                 return self.values[self.module.logits(x).argmax(1)].cpu().numpy()
+            if self.disagreement:
+                return self.module.with_disagreement(x).cpu().numpy()
             return self.module(x).cpu().numpy()
 
     def __call__(self, tiles: list[RawTile]) -> np.ndarray:

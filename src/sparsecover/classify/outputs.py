@@ -112,6 +112,11 @@ KINDS = {
 }
 
 
+#: The uncertainty band's description when it is an ensemble's members' disagreement
+#: (:func:`sparsecover.model.disagreement`) rather than :func:`margin_uncertainty`.
+DISAGREEMENT = "uncertainty (the ensemble members' disagreement: mutual information, share of its maximum)"
+
+
 def resume_record(out: Path) -> Path:
     """Where a run writing ``out`` records its finished blocks for --resume (hidden, beside it)."""
     return out.parent / f".{out.name}.state.json"
@@ -124,7 +129,7 @@ class Outputs:
     CHECKPOINT_SECONDS = 2.0  # at least; and at least 20 x what the last checkpoint took (<= 5 % of the run)
 
     def __init__(self, out: Path, extras: dict[str, Path | None], source, meta: ModelJson, settings: Settings,
-                 resume: bool) -> None:
+                 resume: bool, disagreement: bool = False) -> None:
         self.finals = {"classes": out, **extras}
         self.finals = {k: v for k, v in self.finals.items() if v is not None}
         self.source_path = source.path
@@ -134,6 +139,8 @@ class Outputs:
                          for k, v in self.finals.items() for f in [1, *self.factors]}
         self.state_path = resume_record(out)
         self.settings = settings
+        # the probabilities come with an ensemble's members' disagreement as a last channel: the uncertainty
+        self.disagreement = disagreement
         self.classes = [ClassInfo(c["value"], c["name"], c["color"]) for c in meta["classes"]]
         self.lut = np.array([c.value for c in self.classes], dtype=np.uint8)
         self.done: set[tuple[int, int]] = set()  # blocks on disk (flushed), as recorded for --resume
@@ -198,6 +205,9 @@ class Outputs:
             keep = valid if aoi_mask is None else valid & aoi_mask(window)
             if probs.ndim == 2:  # the class values themselves (a run that writes the class map alone)
                 outputs = {"classes": probs}
+            elif self.disagreement:
+                outputs = {kind: KINDS[kind].values(probs[:-1], self.lut) for kind in self.finals if kind != "uncertainty"}
+                outputs["uncertainty"] = probs[-1].astype(np.float32)
             else:
                 outputs = {kind: KINDS[kind].values(probs, self.lut) for kind in self.finals}
             masked = not keep.all()
@@ -245,6 +255,8 @@ class Outputs:
                                      MODEL=meta.get("encoder", ""))
         for kind, file in files.items():
             names = [KINDS[kind].description] if KINDS[kind].description else [c.name for c in self.classes]
+            if kind == "uncertainty" and self.disagreement:
+                names = [DISAGREEMENT]
             for band, name in enumerate(names, 1):
                 file.set_band_description(band, name)
 

@@ -14,7 +14,7 @@ import torch
 from ..errors import SparsecoverError
 from ..predict import load_model
 from ..raster import thread_pool
-from .engine import Predictor, RawTile, device_of, predict_blocks, predict_tiles, read_run, read_tile
+from .engine import Inference, Predictor, RawTile, device_of, predict_blocks, predict_tiles, read_run, read_tile
 from .plan import Block, tile_runs
 
 #: Batches that may wait between the stages (read -> predict -> write) so that a slow moment in one
@@ -81,21 +81,18 @@ def local_results(raster: str, predictor: Predictor, batches: list[list[Block]],
 
 
 @functools.lru_cache(maxsize=2)
-def _worker_predictor(model: str, device: str, engine: str, tta: bool, classes_only: bool,
-                      class_prior: str, bf16: bool) -> Predictor:
+def _worker_predictor(model: str, device: str, how: Inference) -> Predictor:
     """Each Dask worker process loads the model once and keeps it."""
     torch_device = device_of(device)
-    return Predictor(load_model(model, str(torch_device)), torch_device, engine, tta, classes_only, class_prior, bf16)
+    return Predictor(load_model(model, str(torch_device)), torch_device, how)
 
 
-def _dask_task(raster: str, model: str, device: str, engine: str, tta: bool, classes_only: bool, class_prior: str,
-               bf16: bool, blocks: list[Block], band_indexes: list[int]):
-    predictor = _worker_predictor(model, device, engine, tta, classes_only, class_prior, bf16)
-    return predict_blocks(raster, predictor, blocks, band_indexes)
+def _dask_task(raster: str, model: str, device: str, how: Inference, blocks: list[Block], band_indexes: list[int]):
+    return predict_blocks(raster, _worker_predictor(model, device, how), blocks, band_indexes)
 
 
-def dask_results(raster, model, device, engine, tta, classes_only, class_prior, bf16, batches, band_indexes, workers,
-                  scheduler):
+def dask_results(raster: str, model: str, device: str, how: Inference, batches: list[list[Block]],
+                 band_indexes: list[int], workers: int | None, scheduler: str | None):
     """Blocks as Dask tasks; results come back as they finish (order does not matter to the writer)."""
     try:
         from distributed import Client, LocalCluster, as_completed
@@ -109,8 +106,7 @@ def dask_results(raster, model, device, engine, tta, classes_only, class_prior, 
                                processes=True, dashboard_address=None)
         client = Client(cluster)
     try:
-        futures = [client.submit(_dask_task, raster, model, device, engine, tta, classes_only, class_prior, bf16, b,
-                                 band_indexes, pure=False)
+        futures = [client.submit(_dask_task, raster, model, device, how, b, band_indexes, pure=False)
                    for b in batches]
         for future in as_completed(futures):
             yield future.result()
