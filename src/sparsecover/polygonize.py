@@ -123,10 +123,11 @@ def _patches_as_polygons(read: Callable[[Window], Pixels], blocks: list[Window],
                     open_[keep].pieces += open_.pop(gone).pieces
                     alias[gone] = keep
         frontier.advance(window, block_ids, data)
-        known = np.unique(np.concatenate([*leaving, frontier.ids()]))
+        touching_unread = frontier.ids()
+        known = np.unique(np.concatenate([*leaving, touching_unread]))
         known = known[known > 0]
         final = np.array([find(i) for i in known.tolist()], np.int64)
-        still_open = set(final[np.isin(known, frontier.ids())].tolist())
+        still_open = set(final[np.isin(known, touching_unread)].tolist())
         for i in set(final.tolist()) - still_open:
             patch = open_.pop(i)
             yield patch.value, patch.pixels, (patch.pieces[0] if len(patch.pieces) == 1
