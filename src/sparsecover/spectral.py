@@ -41,11 +41,18 @@ def fit_spectral(model: SpectralModel, pixels: np.ndarray, classes: np.ndarray, 
     loss_of = nn.CrossEntropyLoss(weight=torch.tensor(class_weights, dtype=torch.float32))
     optimizer = torch.optim.Adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, STEPS)
-    for _ in range(STEPS if len(y) else 0):
-        batch = torch.randint(len(y), (min(BATCH, len(y)),), generator=generator)
-        loss = loss_of(model(x[batch])[:, :, 0, 0], y[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    threads = torch.get_num_threads()
+    # one thread: its operations are too small to share out, and on a busy machine threads that wait
+    # for each other make the fit many times slower
+    torch.set_num_threads(1)
+    try:
+        for _ in range(STEPS if len(y) else 0):
+            batch = torch.randint(len(y), (min(BATCH, len(y)),), generator=generator)
+            loss = loss_of(model(x[batch])[:, :, 0, 0], y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    finally:
+        torch.set_num_threads(threads)
     model.requires_grad_(False)
