@@ -7,7 +7,8 @@ U-Net at ~350 MP/s); this shows which host-side stage holds it back. Input: the 
 ``--data`` repeated by a VRT to about ``--mp`` megapixels (see classify_speed.py) or, with
 ``--geotiff``, that VRT written out as one DEFLATE GeoTIFF first (a real file to decode, as users
 have; the VRT repeats one file, whose blocks GDAL's cache then serves). Two runs: classify at
-default settings, and the pipeline alone (the network replaced by a near-free stand-in).
+default settings but one pass per tile (``--tta none``: the host's work per pixel is the same with
+more passes, the network's grows), and the pipeline alone (the network replaced by a near-free stand-in).
 
 Stages are timed by wrapping classify's own functions; times of the reading threads are summed
 over threads (so they can exceed the wall time), the others are wall time in their thread. "CPU s"
@@ -155,7 +156,7 @@ def main() -> None:
                 mp = src.width * src.height / 1e6
             start, cpu = time.perf_counter(), _process_cpu()
             classify.classify_pixels(raster, package, tmp / "out.tif", device=args.device, progress=False,
-                                     overwrite=True)
+                                     overwrite=True, tta="none")
             wall, cpu = time.perf_counter() - start, _process_cpu() - cpu
             readers = schedule.reading_threads(torch.device(args.device))
             print(f"\n{label}: {mp:.0f} MP in {wall:.2f} s = {mp / wall:.1f} MP/s = {mp / wall / bare:.3f} of bare; "

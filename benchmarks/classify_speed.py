@@ -10,10 +10,11 @@ weights), 4 bands -> 7 classes, packaged like a trained one.
 Rows: bare forward pass of the network (MP/s) for a few tile shapes, at the precision classify's
 ``--precision auto`` picks here (bf16 on CUDA and on CPUs with native bf16; then also a fp32 row for
 the speed-up), the best of which is the ceiling classify is compared with (measured before the first and after each of ``--rounds``
-classify runs; the ratio is of the medians: this machine's speed drifts by 10-50 %); classify at default settings (torch and onnxruntime
-engines); classify with --tta; the pipeline alone at both sizes (the network replaced by a near-free
+classify runs; the ratio is of the medians: this machine's speed drifts by 10-50 %); classify (torch and onnxruntime
+engines) at default settings but one pass per tile (``--tta none``, so that it compares with one bare pass;
+``--tta`` here to change that); classify with ``--tta flip`` (classify's default) and ``all``; the pipeline alone at both sizes (the network replaced by a near-free
 stand-in: reading, writing and the COG conversion, the ceiling for a fast GPU); peak RSS of classify at ~25 MP and at the big size, each in its own
-process. Ratios: classify / bare forward, onnx / torch, tta / plain, RSS big / small. Options:
+process. Ratios: classify / bare forward, onnx / torch, tta flip and all / one pass, RSS big / small. Options:
 ``--tile-size``, ``--padding``, ``--batch-size`` to compare settings, ``--device cuda``, ``--data``.
 """
 
@@ -166,6 +167,8 @@ def main() -> None:
     parser.add_argument("--tile-size", type=int, default=None, help="classify setting (default: classify's)")
     parser.add_argument("--padding", type=int, default=None, help="classify setting (default: classify's)")
     parser.add_argument("--batch-size", type=int, default=None, help="classify setting (default: classify's)")
+    parser.add_argument("--tta", default="none", choices=["none", "flip", "all"],
+                        help="classify setting of the runs compared with the bare pass (default: none, one pass)")
     args = parser.parse_args()
     if not args.data.is_dir():
         sys.exit(f"benchmark data not found: {args.data}")
@@ -173,7 +176,7 @@ def main() -> None:
 
     settings = {k: v for k, v in (("tile_size", args.tile_size), ("padding", args.padding),
                                   ("batch_size", args.batch_size)) if v is not None}
-    plain = {"device": args.device, **settings}
+    plain = {"device": args.device, "tta": args.tta, **settings}
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     shown = ", ".join(f"{k} {v}" for k, v in settings.items()) or "classify defaults"
     from sparsecover.classify.engine import use_bf16
@@ -222,9 +225,10 @@ def main() -> None:
         row("classify torch / bare (medians)", torch_rate, f"{torch_rate / bare:.3f} of bare")
         t, mp, _ = run_classify(small, package, tmp / "b.tif", [{**plain, "engine": "onnx"}])
         row(f"classify onnxruntime ({mp:.1f} MP)", mp / t, f"{mp / t / torch_rate:.3f} of torch")
-        t, mp, _ = run_classify(stack, package, tmp / "c.tif", [{**plain, "tta": True}])
-        t0, mp0, _ = run_classify(stack, package, tmp / "d.tif", [plain])
-        row(f"classify --tta ({mp:.1f} MP)", mp / t, f"{(mp / t) / (mp0 / t0):.3f} of plain")
+        t0, mp0, _ = run_classify(stack, package, tmp / "d.tif", [{**plain, "tta": "none"}])
+        for views in ("flip", "all"):
+            t, mp, _ = run_classify(stack, package, tmp / "c.tif", [{**plain, "tta": views}])
+            row(f"classify --tta {views} ({mp:.1f} MP)", mp / t, f"{(mp / t) / (mp0 / t0):.3f} of one pass")
         t, mp, _ = run_classify(small, package, tmp / "f.tif", [plain], no_network=True)
         row(f"pipeline alone, no network ({mp:.1f} MP)", mp / t, f"{mp / t / bare:.3f} of bare")
         if not args.skip_big:

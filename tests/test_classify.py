@@ -142,11 +142,32 @@ def test_confidence_probabilities_and_tta(trained, train_chips, tmp_path):
     assert (plain == classes).mean() > 0.8  # TTA changes a few pixels, not the map
 
 
+def test_flip_tta_averages_the_tile_and_its_mirror_image(trained, train_chips):
+    """classify's default test-time augmentation: each pixel's probabilities are the mean of the
+    network's on the tile and on its mirror image, mirrored back."""
+    import torch
+    from rasterio.windows import Window
+
+    from sparsecover.classify.engine import Inference, Predictor, RawTile, read_tile
+
+    loaded = load_model(trained)
+    with rasterio.open(train_chips.parent / "classes_scene.tif") as src:
+        tile = read_tile(src, Window(0, 0, 64, 64), [1, 2, 3, 4])
+    mirrored = RawTile(np.ascontiguousarray(tile.data[..., ::-1]), None, np.ascontiguousarray(tile.valid[:, ::-1]))
+    plain = Predictor(loaded, torch.device("cpu"), Inference(tta="none"))
+    flip = Predictor(loaded, torch.device("cpu"), Inference(tta="flip"))
+    expected = (plain([tile]) + plain([mirrored])[..., ::-1]) / 2
+    np.testing.assert_allclose(flip([tile]), expected, atol=1e-6)
+    assert not np.allclose(plain([tile]), expected, atol=1e-3)  # the two views differ: their mean is neither
+    with pytest.raises(SparsecoverError, match="--tta must be one of none, flip, all, got 'both'"):
+        classify_pixels(train_chips.parent / "classes_scene.tif", loaded, "never.tif", tta="both", progress=False)
+
+
 def test_class_prior_labels_applies_the_decision_offsets_and_balanced_leaves_them_out(trained, train_chips, tmp_path):
     scene = train_chips.parent / "classes_scene.tif"
     loaded = load_model(trained)
     loaded.meta["decision_offsets"] = [0.5, -1.0, 0.2]
-    kw = dict(tile_size=64, padding=16, progress=False)
+    kw = dict(tile_size=64, padding=16, progress=False, tta="none")  # one view: its probabilities are tilted exactly
     labels = classify_pixels(scene, loaded, tmp_path / "l.tif", probabilities=tmp_path / "pl.tif", **kw)
     balanced = classify_pixels(scene, loaded, tmp_path / "b.tif", probabilities=tmp_path / "pb.tif",
                                class_prior="balanced", **kw)
@@ -248,7 +269,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_result(trained, train_chip
     # naming the difference
     stamp = f"{big.stat().st_size} bytes, modified {big.stat().st_mtime_ns} ns"
     settings = {"raster": str(big.resolve()), "raster_stamp": stamp, "model": str(Path(package).resolve()),
-                "model_sha256": load_model(package).weights_sha256, "tile_size": 64, "padding": 16, "tta": False,
+                "model_sha256": load_model(package).weights_sha256, "tile_size": 64, "padding": 16, "tta": "flip",
                 "engine": "torch", "aoi": None}
 
     def interrupted(**changes):

@@ -240,7 +240,9 @@ def lr_find(chips, out, **kw) -> None:
 @click.option("--batch-size", type=int, default=None,
               help="Tiles per forward pass [default: 8 on CUDA (halved if the GPU runs out of memory), "
                    "else 1; the ONNX engine runs on the CPU].")
-@click.option("--tta", is_flag=True, help="Average the 8 flips/rotations (8x slower).")
+@click.option("--tta", type=click.Choice(["none", "flip", "all"]), default="flip", show_default=True, is_flag=False,
+              flag_value="all", help="Test-time augmentation: average the tile and its mirror image (2 passes), "
+                                     "all 8 flips/rotations (8 passes; --tta alone), or none (1 pass, fastest).")
 @click.option("--confidence", type=click.Path(path_type=Path), help="Also write the top-class probability here.")
 @click.option("--probabilities", type=click.Path(path_type=Path), help="Also write per-class probabilities here.")
 @click.option("--uncertainty", type=click.Path(path_type=Path),

@@ -36,7 +36,7 @@ from ..progress import track
 from ..raster import GDAL_ERRORS, describe, gdal_env, open_raster, thread_pool
 from ..staging import check_output, exclusive
 from . import schedule
-from .engine import PRECISIONS, Inference, Predictor, device_of, use_bf16
+from .engine import PRECISIONS, TTA_VIEWS, Inference, Predictor, device_of, use_bf16
 from .outputs import Outputs, Settings, resume_record
 from .plan import MULTIPLE, plan_blocks
 
@@ -75,7 +75,7 @@ def classify_pixels(
     tile_size: int = 1024,
     padding: int = 32,
     batch_size: int | None = None,
-    tta: bool = False,
+    tta: str | bool = "flip",
     confidence: str | Path | None = None,
     probabilities: str | Path | None = None,
     uncertainty: str | Path | None = None,
@@ -97,6 +97,7 @@ def classify_pixels(
     ``workers`` starts a local Dask cluster of that many processes; ``dask_scheduler`` uses a running
     one. ``resume`` continues an interrupted run from its finished blocks (same settings required).
     ``confidence``, ``uncertainty`` and ``probabilities`` are further COGs to write (see :data:`.outputs.KINDS`).
+    ``tta``: the views averaged, one of :data:`.engine.TTA_VIEWS` (True / False: all / none).
     ``class_prior``: one of :data:`CLASS_PRIORS`. ``precision``: one of :data:`PRECISIONS` (auto:
     bf16 on CUDA and on CPUs with native bf16, see :func:`.engine.cpu_has_bf16`). ``vector``: also the map as polygons in a
     GeoPackage, with ``min_area`` as the minimum mapping unit (see :func:`polygonize.vectorize`).
@@ -114,6 +115,10 @@ def classify_pixels(
         check_output(path, overwrite or resuming)
     if padding < 0:
         raise SparsecoverError(f"--padding must be 0 or more, got {padding}")
+    if isinstance(tta, bool):
+        tta = "all" if tta else "none"
+    if tta not in TTA_VIEWS:
+        raise SparsecoverError(f"--tta must be one of {', '.join(TTA_VIEWS)}, got {tta!r}")
     if class_prior not in CLASS_PRIORS:
         raise SparsecoverError(f"--class-prior must be {' or '.join(CLASS_PRIORS)}, got {class_prior!r}")
     if precision not in PRECISIONS:
@@ -163,7 +168,7 @@ def classify_rasters(rasters: list[str | Path], model: str | Path, out: str | Pa
 
 
 def _classify(raster: str | Path, model: str | Path | LoadedModel, out: Path, tile_size: int, padding: int,
-              batch_size: int | None, tta: bool, extras: dict[str, Path], class_prior: str,
+              batch_size: int | None, tta: str, extras: dict[str, Path], class_prior: str,
               aoi: str | Path | None, device: str, engine: str, workers: int | None, dask_scheduler: str | None,
               resume: bool, progress: bool, precision: str) -> Path:
     """classify_pixels once its outputs are checked and locked."""

@@ -16,6 +16,13 @@ from ..raster import common_dtype, gdal_env, read_window
 from .plan import Block
 
 ENGINES = ("torch", "onnx")
+#: Test-time augmentation: the views of a tile whose class probabilities are averaged, as (quarter
+#: turns, mirrored). "flip" (the default): the tile and its mirror image; the network learnt both
+#: alike (data.augment), and their mean raised macro-F1 and kappa in every case of the accuracy
+#: benchmark at two passes' cost (benchmarks/results/classify_tta_2026-12-04.txt). "all": the 8
+#: flips and rotations, little more for 8 passes.
+TTA_VIEWS = {"none": ((0, False),), "flip": ((0, False), (0, True)),
+             "all": tuple((k, mirrored) for k in range(4) for mirrored in (False, True))}
 
 
 def device_of(name: str) -> torch.device:
@@ -98,7 +105,7 @@ class Inference:
     """How a :class:`Predictor` runs: chosen once by classify, and sent as it is to Dask workers."""
 
     engine: str = "torch"  # one of ENGINES
-    tta: bool = False  # average the 8 flips/rotations
+    tta: str = "none"  # one of TTA_VIEWS
     classes_only: bool = False  # only the class map is wanted: (N, T, T) class values, no K x T x T copies back
     class_prior: str = "labels"  # "balanced": without the model's decision offsets
     bf16: bool = False  # the network under bf16 autocast (torch engine)
@@ -122,9 +129,10 @@ class Predictor:
             raise SparsecoverError(f"--engine must be torch or onnx, got {engine!r}")
         if how.class_prior == "balanced":
             loaded = replace(loaded, meta={**loaded.meta, "decision_offsets": None})
-        self.loaded, self.engine, self.tta, self.bf16 = loaded, engine, how.tta, how.bf16 and engine == "torch"
+        self.loaded, self.engine, self.bf16 = loaded, engine, how.bf16 and engine == "torch"
+        self.views = TTA_VIEWS[how.tta]
         self.device = device if engine == "torch" else torch.device("cpu")  # where batches are assembled
-        self.classes_only = how.classes_only and engine == "torch" and not how.tta
+        self.classes_only = how.classes_only and engine == "torch" and len(self.views) == 1
         self.disagreement = how.disagreement and engine == "torch"
         self.values = torch.tensor(loaded.class_values, dtype=torch.uint8, device=self.device)
         self.fill = torch.tensor(loaded.normalisation.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
@@ -195,17 +203,16 @@ class Predictor:
     def __call__(self, tiles: list[RawTile]) -> np.ndarray:
         """Class probabilities (or class values, see ``classes_only``) of tiles from :func:`read_tile`."""
         x = self.batch(tiles)
-        if not self.tta:
+        if len(self.views) == 1:
             return self._forward(x)
         total = None
-        for k in range(4):
-            for flip in (False, True):
-                view = torch.rot90(x, k, (2, 3))
-                probs = self._forward(torch.flip(view, (3,)) if flip else view)
-                probs = probs[..., ::-1] if flip else probs
-                probs = np.rot90(probs, -k, axes=(2, 3))
-                total = probs if total is None else total + probs
-        return np.ascontiguousarray(total / 8)
+        for k, mirrored in self.views:
+            view = torch.rot90(x, k, (2, 3))
+            probs = self._forward(torch.flip(view, (3,)) if mirrored else view)
+            probs = probs[..., ::-1] if mirrored else probs
+            probs = np.rot90(probs, -k, axes=(2, 3))
+            total = probs if total is None else total + probs
+        return np.ascontiguousarray(total / len(self.views))
 
 
 def crop_cores(blocks: list[Block], probs: np.ndarray,

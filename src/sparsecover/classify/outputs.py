@@ -48,7 +48,7 @@ class Settings:
     model_sha256: str  # the weights: a model replaced at the same path is another model
     tile_size: int
     padding: int
-    tta: bool
+    tta: str
     engine: str
     aoi: str | None
     class_prior: str
