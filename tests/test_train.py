@@ -280,6 +280,24 @@ KILL_POINTS = {  # when to kill: (what must be there, seconds to wait after)
 }
 
 
+#: The run kills itself as epoch 2's validation starts, a point the polling above cannot catch from
+#: outside: a Lightning callback added to the trainer, then the CLI as usual.
+KILL_IN_VALIDATION = """
+import os, signal
+import lightning as L
+from sparsecover import cli, train
+
+class KillInValidation(L.Callback):
+    def on_validation_batch_start(self, trainer, *args):
+        if trainer.current_epoch == 2 and not trainer.sanity_checking:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+make = train._trainer
+train._trainer = lambda config, run, callbacks, *a, **k: make(config, run, [*callbacks, KillInValidation()], *a, **k)
+cli.main()
+"""
+
+
 def _train_command(chips, run) -> list[str]:
     return [sys.executable, "-m", "sparsecover.cli", "train", str(chips), "--out", str(run), "--epochs", "5",
             "--lr", "0.001", "--backbone", "resnet18", "-q", "--seed", "7"]
@@ -295,11 +313,36 @@ def uninterrupted(train_chips, tmp_path_factory) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", list(KILL_POINTS))
+@pytest.mark.parametrize("point", [*KILL_POINTS, "in-validation"])
 def test_resume_after_sigkill_repeats_the_uninterrupted_run(train_chips, tmp_path, point, uninterrupted):
-    ready, wait = KILL_POINTS[point]
     run = tmp_path / "run"
     cmd = _train_command(train_chips, run)
+    if point == "in-validation":
+        done = subprocess.run([sys.executable, "-c", KILL_IN_VALIDATION, *cmd[3:]], capture_output=True, text=True,
+                              timeout=900)
+        assert done.returncode == -signal.SIGKILL, done.stderr
+        assert len(_history(run)) == 2  # epochs 0 and 1 done, killed in epoch 2's validation
+        killed = done.stderr
+    else:
+        killed = _kill_when(cmd, run, point)
+
+    finished = (run / "model.sparsecover").exists() and not (run / "checkpoints" / "last.ckpt").exists()
+    assert not finished or point == "while-packaging"  # killed as it exited: nothing left to resume
+    if not finished:
+        done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{done.stderr}\nthe killed run: {killed}\nleft: {sorted(run.rglob('*'))}"
+    assert [int(r["epoch"]) for r in _history(run)] == [0, 1, 2, 3, 4]
+    assert json.loads((run / "model" / "model.json").read_text())["training"]["epochs"] == 5
+    assert not list(run.glob(".*")), "partial files left"
+    # the epochs after the kill are those of a run never killed: same weights, order and augmentation
+    for resumed, whole in zip(_history(run), uninterrupted, strict=True):
+        for key in ("train_loss", "valid_loss", "accuracy"):
+            assert float(resumed[key]) == pytest.approx(float(whole[key]), rel=1e-4, abs=1e-6), resumed
+
+
+def _kill_when(cmd: list[str], run, point: str) -> str:
+    """Start the run, SIGKILL it at ``point`` of :data:`KILL_POINTS`; what it printed."""
+    ready, wait = KILL_POINTS[point]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 900  # a shared 2-core machine can take minutes to reach the point
     while not ((run / "history.csv").exists() and ready(run)):
@@ -314,19 +357,7 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_run(train_chips, tmp_pat
     time.sleep(wait)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed = proc.stderr.read().decode()  # what the killed run printed: why, if the resume fails
-    finished = (run / "model.sparsecover").exists() and not (run / "checkpoints" / "last.ckpt").exists()
-    assert not finished or point == "while-packaging"  # killed as it exited: nothing left to resume
-    if not finished:
-        done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, f"{done.stderr}\nthe killed run: {killed}\nleft: {sorted(run.rglob('*'))}"
-    assert [int(r["epoch"]) for r in _history(run)] == [0, 1, 2, 3, 4]
-    assert json.loads((run / "model" / "model.json").read_text())["training"]["epochs"] == 5
-    assert not list(run.glob(".*")), "partial files left"
-    # the epochs after the kill are those of a run never killed: same weights, order and augmentation
-    for resumed, whole in zip(_history(run), uninterrupted, strict=True):
-        for key in ("train_loss", "valid_loss", "accuracy"):
-            assert float(resumed[key]) == pytest.approx(float(whole[key]), rel=1e-4, abs=1e-6), resumed
+    return proc.stderr.read().decode()
 
 
 def test_resume_with_other_settings_is_refused(train_chips, tmp_path):
