@@ -7,10 +7,10 @@ another; each block's patches are polygonised by GDAL in pixel coordinates, wher
 has in neighbouring blocks share their corners exactly, joined to the open patches across the
 block's top and left edges, and a patch is merged and written as soon as no unread pixel touches
 it. The output has no seams; memory holds one block's arrays and the patches open along one row of
-pixels (and the largest polygons, each held whole until it is written), so it hardly grows with the
-map (benchmarks/results/vectorize_memory_2026-12-04.txt). Strips of whole rows would grow thinner
-as maps grow wider and cut more patches into pieces (1.36x the memory at 17x the pixels, measured in
-benchmarks/results/vectorize_memory_2026-11-28.txt).
+pixels, their pieces from earlier blocks as WKB (and the largest polygons, each held until it is
+written), so it hardly grows with the map (benchmarks/results/vectorize_memory_wkb_2026-12-04.txt).
+Strips of whole rows would grow thinner as maps grow wider and cut more patches into pieces (1.36x
+the memory at 17x the pixels, measured in benchmarks/results/vectorize_memory_2026-11-28.txt).
 
 The blocks, the reader and the frontier are :mod:`.mapblocks`. A minimum mapping unit needs the
 whole map's patches first (:mod:`.sieve`, GDAL's rule on the whole patch graph); the polygons are
@@ -74,11 +74,34 @@ def min_area_pixels(min_area: tuple[float, str] | None, pixel_area: float, metre
 
 @dataclass
 class _Open:
-    """A patch some block has reached: its class, its pixels so far and its polygon pieces."""
+    """A patch some block has reached: its class, its pixels so far and its polygon pieces: those of
+    the current block as geometries, those of earlier blocks as WKB (a third of a GEOS geometry's
+    memory, and the pieces of every patch along the frontier wait there)."""
 
     value: int
     pixels: int
     pieces: list = field(default_factory=list)
+    stored: list = field(default_factory=list)
+
+    def absorb(self, other: _Open) -> None:
+        self.pixels += other.pixels
+        self.pieces += other.pieces
+        self.stored += other.stored
+
+    def polygon(self) -> shapely.Geometry:
+        parts = self.pieces + (list(shapely.from_wkb(self.stored)) if self.stored else [])
+        return parts[0] if len(parts) == 1 else shapely.union_all(parts)
+
+
+def _store(patches: list[_Open]) -> None:
+    """Move the current block's pieces of patches left open into their WKB store (one call for all)."""
+    fresh = [piece for patch in patches for piece in patch.pieces]
+    if not fresh:
+        return
+    wkb = iter(shapely.to_wkb(fresh).tolist())
+    for patch in patches:
+        patch.stored.extend(next(wkb) for _ in patch.pieces)
+        patch.pieces = []
 
 
 def _patches_as_polygons(read: Callable[[Window], Pixels], blocks: list[Window],
@@ -118,9 +141,8 @@ def _patches_as_polygons(read: Callable[[Window], Pixels], blocks: list[Window],
             for a, b in np.unique(np.stack([outer[joined], inner[joined]]), axis=1).T.tolist():
                 a, b = find(a), find(b)
                 if a != b:
-                    keep, gone = (a, b) if len(open_[a].pieces) >= len(open_[b].pieces) else (b, a)
-                    open_[keep].pixels += open_[gone].pixels
-                    open_[keep].pieces += open_.pop(gone).pieces
+                    keep, gone = (a, b) if open_[a].pixels >= open_[b].pixels else (b, a)
+                    open_[keep].absorb(open_.pop(gone))
                     alias[gone] = keep
         frontier.advance(window, block_ids, data)
         touching_unread = frontier.ids()
@@ -130,8 +152,8 @@ def _patches_as_polygons(read: Callable[[Window], Pixels], blocks: list[Window],
         still_open = set(final[np.isin(known, touching_unread)].tolist())
         for i in set(final.tolist()) - still_open:
             patch = open_.pop(i)
-            yield patch.value, patch.pixels, (patch.pieces[0] if len(patch.pieces) == 1
-                                              else shapely.union_all(patch.pieces))
+            yield patch.value, patch.pixels, patch.polygon()
+        _store([open_[i] for i in still_open])
         # every id the frontier holds becomes the one it was merged into, so the aliases can go
         if known.size:
             frontier.rename(lambda a: np.where(a > 0, final[np.searchsorted(known, a).clip(0, len(known) - 1)], 0))
