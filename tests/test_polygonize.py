@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -175,3 +178,56 @@ def test_a_full_disk_gives_one_line_and_leaves_nothing(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert lines[-1].startswith("error:") and "is the disk full?" in lines[-1] and "v.gpkg" in lines[-1]
     assert list(out.iterdir()) == []
+
+
+#: Opens a vector map and a class raster in QGIS, headless, as a user's double-click would: the
+#: styles QGIS finds by itself (the GeoPackage's layer_styles, the .qml beside the raster).
+QGIS_OPEN = """
+import json, os, sys
+os.environ["QT_QPA_PLATFORM"] = "offscreen"
+from qgis.core import QgsApplication, QgsRasterLayer, QgsVectorLayer
+app = QgsApplication([], False)
+app.initQgis()
+vector, raster = QgsVectorLayer(sys.argv[1], "map", "ogr"), QgsRasterLayer(sys.argv[2], "map")
+style, palette = vector.renderer(), raster.renderer()
+print(json.dumps({
+    "vector": [vector.isValid(), style.type(), getattr(style, "classAttribute", str)(),
+               [[c.value(), c.label(), c.symbol().color().name()] for c in getattr(style, "categories", list)()]],
+    "raster": [raster.isValid(), palette.type(),
+               [[int(c.value), c.label, c.color.name()] for c in getattr(palette, "classes", list)()]]}), flush=True)
+"""  # no app.exitQgis(): with the layers still alive it crashes on the way out
+
+
+def _qgis_python() -> str | None:
+    """Debian's Python with QGIS's bindings (package python3-qgis, which .ci/run installs), or None."""
+    python = Path("/usr/bin/python3")
+    if not python.exists():
+        return None
+    found = subprocess.run([str(python), "-c", "import qgis.core"], capture_output=True, timeout=120)
+    return str(python) if found.returncode == 0 else None
+
+
+def test_qgis_opens_the_vector_and_raster_maps_in_the_class_colours_and_names(tmp_path):
+    from sparsecover.styles import write_raster_style
+
+    path, _ = class_map(tmp_path)
+    plain = build_class_table([1, 2, 3, 4])  # the map's colour table (class_map)
+    table = build_class_table([1, 2, 3, 4], {1: "water", 2: "forest", 3: "crops", 4: "urban"},
+                              {c.value: c.color for c in plain})
+    write_raster_style(path, table)
+    gpkg = vectorize(path, tmp_path / "map.gpkg", progress=False)
+    python = _qgis_python()
+    if python is None:
+        pytest.skip("QGIS's Python bindings not installed (Debian package python3-qgis; .ci/run installs it)")
+    # QGIS's own environment: not this process's (rasterio points GDAL and PROJ at its wheel's data)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_RUNTIME_DIR": str(tmp_path)}
+    done = subprocess.run([python, "-c", QGIS_OPEN, str(gpkg), str(path)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    colours = [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in (c.rgb for c in table)]
+    assert seen["vector"][:3] == [True, "categorizedSymbol", "class_value"]
+    assert [(int(v), label, colour) for v, label, colour in seen["vector"][3]] == [
+        (1, "class_1", colours[0]), (2, "class_2", colours[1]), (3, "class_3", colours[2]), (4, "class_4", colours[3])]
+    assert seen["raster"] == [True, "paletted", [[1, "water", colours[0]], [2, "forest", colours[1]],
+                                                 [3, "crops", colours[2]], [4, "urban", colours[3]]]]
