@@ -136,4 +136,5 @@ def trained_model(train_chips, tmp_path_factory) -> Path:
     from sparsecover.train import TrainConfig, train
 
     run = tmp_path_factory.mktemp("trained") / "run"
-    return train(train_chips, run, TrainConfig(backbone="resnet18", epochs=1, lr=1e-3, quiet=True, onnx=True))
+    return train(train_chips, run, TrainConfig(backbone="resnet18", epochs=1, lr=1e-3, quiet=True, onnx=True,
+                                                  refit=False))

@@ -24,7 +24,7 @@ def trained(train_chips, tmp_path_factory):
     run = tmp_path_factory.mktemp("run") / "run"
     # the full-depth encoder: classify's padding and seam checks need a network with wide context
     return train(train_chips, run, TrainConfig(backbone="resnet18", encoder_depth=5, epochs=3, lr=3e-3, quiet=True,
-                                               seed=1))
+                                               seed=1, refit=False))
 
 
 def test_classified_raster_matches_grid_and_carries_nodata(trained, train_chips, tmp_path):

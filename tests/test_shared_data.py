@@ -141,7 +141,7 @@ def nc_model(nc_export, tmp_path_factory):
     with pytest.warns(SparsecoverWarning):
         # supervised only: these tests are about inference (seams, ONNX, contract); half the time
         run = train(chips, folder / "run", TrainConfig(backbone="resnet18", epochs=6, lr=3e-3, quiet=True,
-                                                       unlabelled_weight=0))
+                                                       unlabelled_weight=0, refit=False))
     return run / "model.sparsecover"
 
 

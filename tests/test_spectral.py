@@ -14,7 +14,7 @@ from sparsecover.model import PooledNetwork, SpectralModel, build_model, load_we
 from sparsecover.spectral import fit_spectral
 from sparsecover.train import TrainConfig, prepare, train
 
-FAST = dict(backbone="resnet18", epochs=1, lr=1e-3, batch_size=8, quiet=True, seed=7)
+FAST = dict(backbone="resnet18", epochs=1, lr=1e-3, batch_size=8, quiet=True, seed=7, refit=False)
 
 
 def test_labelled_pixels_are_the_training_polygons_pixels_once(train_chips):

@@ -28,7 +28,7 @@ def model(train_chips, tmp_path_factory):
     # the network alone: on this small scene it maps every class beyond the labels' buffer, so that the
     # squares can cover all of them (pooled with the per-pixel model, classes 1 and 3 stay near the labels)
     return train(train_chips, run, TrainConfig(backbone="resnet18", epochs=2, lr=3e-3, quiet=True, seed=0,
-                                               unlabelled_weight=0, spectral=False))
+                                               unlabelled_weight=0, spectral=False, refit=False))
 
 
 @pytest.fixture

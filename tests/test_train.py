@@ -27,7 +27,8 @@ from sparsecover.train import TrainConfig, prepare, train
 
 # The per-pixel model (tests/test_spectral.py) costs ~4 s a training: most tests here leave it out;
 # those of determinism, resume, ensembles, fine-tuning and DDP train the default pooled network (POOLED).
-FAST = dict(backbone="resnet18", epochs=2, lr=1e-3, batch_size=8, quiet=True, seed=7, spectral=False)
+# The refit on every polygon doubles a training: the tests of the refit (and of resume and ensembles) ask for it.
+FAST = dict(backbone="resnet18", epochs=2, lr=1e-3, batch_size=8, quiet=True, seed=7, spectral=False, refit=False)
 POOLED = {**FAST, "spectral": True}
 
 
@@ -204,6 +205,38 @@ def test_the_model_decides_under_the_labels_class_frequencies(tmp_path):
     assert json.loads((unweighted / "model" / "model.json").read_text())["decision_offsets"] == [0.0, 0.0, 0.0]
 
 
+def test_the_refit_learns_every_polygon_after_the_validated_fit(train_chips, tmp_path, capfd):
+    from sparsecover.package import describe_package
+    from sparsecover.predict import load_model
+    from sparsecover.report import build_report
+
+    run = train(train_chips, tmp_path / "run", TrainConfig(**{**FAST, "epochs": 3, "refit": True, "quiet": False,
+                                                                "keep_checkpoints": True}))
+    assert "refit on every polygon" in capfd.readouterr().out
+    validated, refit = _history(run), _history(run / "refit")
+    # the same epochs and one-cycle schedule, on more labelled pixels and with nothing held out
+    assert [r["lr"] for r in refit] == [r["lr"] for r in validated] and len(refit) == 3
+    assert all(r["valid_loss"] == "" for r in refit)
+    assert refit[0]["train_loss"] != validated[0]["train_loss"]
+    meta = json.loads((run / "model" / "model.json").read_text())
+    groups = [g for g, info in open_chip_dataset(train_chips).groups.items() if info["pixels"] > 0]
+    assert meta["training"]["train_groups"] == len(groups) and meta["training"]["valid_groups"] > 0
+    assert meta["training"]["refit"]["epochs"] == 3 and meta["training"]["epochs"] == 3
+    assert meta["training"]["validation_metrics"] == json.loads((run / "metrics.json").read_text())
+    described = dict(describe_package(meta))
+    assert described["trained"].endswith("then refit on every polygon") and "before the refit" in described["validation"]
+    page = build_report(run, tmp_path / "report.html").read_text()
+    assert "Then refit on every polygon, the held-out ones included: 3 epochs" in page
+    assert "Validation (held-out polygons, before the refit on every polygon)" in page
+    # the package holds the refit's last weights
+    last = torch.load(run / "refit" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    for key, value in load_model(run / "model.sparsecover").network.state_dict().items():
+        torch.testing.assert_close(value, last[f"model.{key}"])
+    plain = train(train_chips, tmp_path / "plain", TrainConfig(**FAST))
+    assert not (plain / "refit").exists()
+    assert json.loads((plain / "model" / "model.json").read_text())["training"]["refit"] is None
+
+
 def test_progress_counts_epochs_from_one(train_chips, tmp_path, capfd):
     """The bar and the epoch table say "Epoch 1/2" .. "2/2"; history.csv keeps Lightning's index."""
     run = train(train_chips, tmp_path / "run", TrainConfig(**{**FAST, "quiet": False}))
@@ -276,7 +309,8 @@ def test_a_patch_size_off_the_network_grid_is_refused(train_chips):
 KILL_POINTS = {  # when to kill: (what must be there, seconds to wait after)
     "in-an-epoch": (lambda run: len(_history(run)) >= 2, 0.3),
     "between-epochs": (lambda run: len(_history(run)) >= 2, 0.0),
-    "while-packaging": (lambda run: (run / "metrics.json").exists(), 0.0),  # written just before model/ and the package
+    "in-the-refit": (lambda run: (run / "refit" / "history.csv").exists() and len(_history(run / "refit")) >= 2, 0.3),
+    "while-packaging": (lambda run: (run / "model").exists(), 0.0),  # written just before the package
 }
 
 
@@ -309,7 +343,7 @@ def uninterrupted(train_chips, tmp_path_factory) -> list[dict]:
     run = tmp_path_factory.mktemp("whole") / "run"
     done = subprocess.run(_train_command(train_chips, run), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    return _history(run)
+    return _history(run) + _history(run / "refit")
 
 
 @pytest.mark.slow
@@ -335,7 +369,7 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_run(train_chips, tmp_pat
     assert json.loads((run / "model" / "model.json").read_text())["training"]["epochs"] == 5
     assert not list(run.glob(".*")), "partial files left"
     # the epochs after the kill are those of a run never killed: same weights, order and augmentation
-    for resumed, whole in zip(_history(run), uninterrupted, strict=True):
+    for resumed, whole in zip(_history(run) + _history(run / "refit"), uninterrupted, strict=True):
         for key in ("train_loss", "valid_loss", "accuracy"):
             assert float(resumed[key]) == pytest.approx(float(whole[key]), rel=1e-4, abs=1e-6), resumed
 
@@ -511,15 +545,17 @@ def test_an_ensemble_averages_members_trained_from_other_starts(train_chips, tmp
     from sparsecover.package import describe_package, export_onnx, onnx_session
     from sparsecover.predict import load_model
 
-    run = train(train_chips, tmp_path / "run", TrainConfig(**{**POOLED, "members": 2, "keep_checkpoints": True}))
+    run = train(train_chips, tmp_path / "run",
+                TrainConfig(**{**POOLED, "members": 2, "keep_checkpoints": True, "refit": True}))
     assert [int(r["epoch"]) for r in _history(run / "member2")] == [0, 1]
+    assert (run / "member2" / "refit" / "history.csv").exists()
     meta = json.loads((run / "model" / "model.json").read_text())
     assert meta["ensemble"] == 2 and len(meta["training"]["member_histories"]) == 1
     assert "an ensemble of 2" in dict(describe_package(meta))["model"]
     model = load_model(run / "model.sparsecover")
     assert isinstance(model.network, Ensemble) and len(model.network.members) == 2
-    for member, folder in zip(model.network.members, (run, run / "member2")):
-        best = torch.load(folder / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    for member, folder in zip(model.network.members, (run / "refit", run / "member2" / "refit")):
+        best = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
         for key, value in member.state_dict().items():
             torch.testing.assert_close(value, best[f"model.{key}"])
     first, second = (dict(m.named_parameters()) for m in model.network.members)
@@ -557,7 +593,7 @@ def test_an_ensemble_averages_members_trained_from_other_starts(train_chips, tmp
     assert np.abs(session.run(None, {"image": raw})[0] - expected.numpy()).max() < 1e-4
     # --resume after member 2 was lost: member 1 is complete and kept, member 2 is trained again alike
     shutil.rmtree(run / "member2")
-    train(train_chips, run, TrainConfig(**{**POOLED, "members": 2, "resume": True}))
+    train(train_chips, run, TrainConfig(**{**POOLED, "members": 2, "refit": True, "resume": True}))
     resumed = load_model(run / "model.sparsecover").network.members
     for before, after in zip(model.network.members, resumed):
         for (key, x), (_, y) in zip(before.state_dict().items(), after.state_dict().items()):

@@ -190,9 +190,12 @@ def _config(**kw):
               help="Train this many networks from different random starts and package their average "
                    "(an ensemble): steadier maps from few polygons; costs this many times the training "
                    "and classify time.")
+@click.option("--refit/--no-refit", default=TRAIN.refit, show_default=True,
+              help="After the validated fit (whose metrics are reported), train again on every polygon, the "
+                   "held-out ones too, for the same epochs; the package holds the refit. Doubles training time.")
 @_train_options
 def train(chips, out, epochs, lr, early_stopping, devices, num_nodes, strategy, resume, onnx, keep_checkpoints,
-          **kw) -> None:
+          refit, **kw) -> None:
     """Train a segmentation model (U-Net, ResNet34 by default) on one or more chip datasets."""
     from .runfolder import RunFolder
 
@@ -205,11 +208,12 @@ def train(chips, out, epochs, lr, early_stopping, devices, num_nodes, strategy, 
         raise SparsecoverError(f"--lr must be auto or a number, got {lr!r}") from None
     config = _config(epochs=epochs, lr=learning_rate, early_stopping=early_stopping, devices=devices,
                      num_nodes=num_nodes, strategy=strategy, resume=resume, onnx=onnx,
-                     keep_checkpoints=keep_checkpoints, **kw)
+                     keep_checkpoints=keep_checkpoints, refit=refit, **kw)
     run = RunFolder(run_training(list(chips), out, config))
     summary = run.validation_metrics()
     if summary is not None:
-        out_console.print(f"validation (held-out polygons): accuracy {summary['overall_accuracy']:.3f}, "
+        before = " before the refit on every polygon" if run.refit.history() else ""
+        out_console.print(f"validation (held-out polygons{before}): accuracy {summary['overall_accuracy']:.3f}, "
                           f"macro-F1 {summary['macro_f1']:.3f}, kappa {summary['kappa']:.3f}")
     out_console.print(f"run folder: {run.root}  (model package: {run.package})")
 

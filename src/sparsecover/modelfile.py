@@ -69,7 +69,7 @@ class ModelJson(TypedDict, total=False):
     padding: int
     resolution: list[float] | None
     crs: str | None  # WKT
-    training: dict[str, Any]  # epochs, lr, seed, history, validation_metrics, ...
+    training: dict[str, Any]  # epochs, lr, seed, history, validation_metrics, refit, ...
     dataset: dict[str, Any]  # the chip dataset's paths, kind and sha256
     versions: dict[str, str]
     created: str  # ISO 8601, UTC

@@ -157,12 +157,14 @@ def describe_package(meta: ModelJson) -> list[tuple[str, str]]:
     ]
     if training.get("epochs") is not None:  # absent from packages written by hand (no training record)
         lines.append(("trained", f"{training['epochs']} epochs, lr {training.get('lr', float('nan')):.3g}, "
-                                 f"seed {training.get('seed')}"))
+                                 f"seed {training.get('seed')}"
+                                 + (", then refit on every polygon" if training.get("refit") else "")))
     if meta.get("created"):
         lines.append(("created", f"{meta['created']} with sparsecover {meta.get('versions', {}).get('sparsecover')}"))
     if metrics:
         lines.append(("validation", f"accuracy {metrics['overall_accuracy']:.3f}, macro-F1 "
-                                    f"{metrics['macro_f1']:.3f}, kappa {metrics['kappa']:.3f}"))
+                                    f"{metrics['macro_f1']:.3f}, kappa {metrics['kappa']:.3f}"
+                                    + (" (held-out polygons, before the refit)" if training.get("refit") else "")))
     if meta.get("members"):  # the package's files (not an ensemble's members: see "model")
         lines.append(("files", ", ".join(sorted(meta["members"]))))
     return lines

@@ -145,11 +145,18 @@ def build_report(run: str | Path, out: str | Path, classified: str | Path | None
             parts = ["<h2>Training</h2>", _img(tmp / "history.png", "training curves")]
             if folder.lr_plot.exists():
                 parts.append(_img(folder.lr_plot, "LR range test"))
+            refit_rows = folder.refit.history()
+            if refit_rows:
+                parts.append(f"<p>Then refit on every polygon, the held-out ones included: {len(refit_rows)} epochs, "
+                             f"final training loss {float(refit_rows[-1]['train_loss']):.3f}. The map's model is the "
+                             "refit.</p>")
             sections.append("\n".join(parts))
+        refit = bool(folder.refit.history())
         if folder.metrics.exists():
             metrics = evaluate_run(run, tmp / "validation")
-            sections.append(_metrics_section("Validation (held-out polygons)", metrics,
-                                             tmp / "validation" / "confusion_matrix.png"))
+            sections.append(_metrics_section("Validation (held-out polygons" + (", before the refit on every polygon)"
+                                                                                 if refit else ")"),
+                                             metrics, tmp / "validation" / "confusion_matrix.png"))
             if dataset is not None:
                 saved = {k: v for k, v in config.items() if k in TrainConfig.__dataclass_fields__}
                 with warnings.catch_warnings():  # what `train` already warned about (a class it cannot validate)
@@ -158,8 +165,9 @@ def build_report(run: str | Path, out: str | Path, classified: str | Path | None
                 if prepared.valid is not None:
                     chosen = prepared.valid.indices[:: max(1, len(prepared.valid.indices) // show_rows)][:show_rows]
                     show_results(dataset, load_model(run), chosen, tmp / "results.png")
-                    sections.append("<h2>Validation chips: image | ground truth | prediction</h2>"
-                                    + _img(tmp / "results.png", "show_results"))
+                    title = ("Held-out chips: image | ground truth | prediction of the packaged model, refit on "
+                             "these polygons too" if refit else "Validation chips: image | ground truth | prediction")
+                    sections.append(f"<h2>{title}</h2>" + _img(tmp / "results.png", "show_results"))
         if classified is not None:
             plot_map(classified, tmp / "map.png", image=_imagery(dataset, classified))
             sections.append(f"<h2>Map</h2><p><code>{html.escape(str(classified))}</code></p>"

@@ -63,6 +63,11 @@ class RunFolder:
     def lr_plot(self) -> Path:
         return self.root / LR_PLOT
 
+    @property
+    def refit(self) -> RunFolder:
+        """Where the refit on every polygon (``TrainConfig.refit``) keeps its checkpoints and history."""
+        return RunFolder(self.root / "refit")
+
     def member(self, index: int) -> RunFolder:
         """Where ensemble member ``index`` (0-based) keeps checkpoints and history: the run folder for
         the first (a one-member run looks as it always did), ``member2``, ``member3``... for the others."""

@@ -267,8 +267,8 @@ def _check_resume(run: RunFolder, config: TrainConfig, dataset: ChipDataset) -> 
                 f"{run.root}: --resume with other settings: {key} was {saved.get(key)!r}, "
                 f"now {current.get(key)!r}; rerun with the same settings or use a new --out"
             )
-    for k in range(config.members):  # a checkpoint cut short (disk full, killed mid-write) fails deep in torch
-        path = run.member(k).last_checkpoint
+    # a checkpoint cut short (disk full, killed mid-write) fails deep in torch
+    for path in [f.last_checkpoint for k in range(config.members) for f in (run.member(k), run.member(k).refit)]:
         if path.exists():
             try:
                 torch.load(path, map_location="cpu", weights_only=False)
@@ -303,23 +303,31 @@ def train(chips: ChipsArg, out: str | Path, config: TrainConfig | None = None) -
 
 
 def _train(prepared: Prepared, run: RunFolder, config: TrainConfig, lr: float) -> Path:
-    """The members' fits, validation metrics and the model package of a started run."""
+    """The members' fits, validation metrics, the refit on every polygon, and the model package of a
+    started run."""
     _quiet_lightning(config.quiet)
-    tasks = []
+    fits = []
     for k in range(config.members):
         if config.members > 1 and not config.quiet:
             print(f"ensemble member {k + 1} of {config.members}", flush=True)
-        tasks.append(_fit(prepared, config, lr, run.member(k), config.seed + k, config.resume))
-    if tasks[0] is None:  # a DDP rank other than 0: rank 0 writes the outputs
-        return run.root
-    task = tasks[0]
-    if len(tasks) > 1:
-        task.model = Ensemble([t.model for t in tasks])
+        fits.append(_fit(prepared, config, lr, run.member(k), config.seed + k, config.resume))
     metrics = None
-    if prepared.valid is not None:
-        metrics = evaluate_split(task, _loaders(prepared, config)[1], prepared)
+    if prepared.valid is not None and fits[0] is not None:
+        metrics = evaluate_split(_combined(fits), _loaders(prepared, config)[1], prepared)
         run.metrics.write_text(json.dumps(metrics, indent=1))
-    save_model_folder(task, prepared, config, lr, run, metrics)
+    final = prepared
+    if config.refit and prepared.valid is not None:
+        # the held-out polygons have measured the recipe; the map's model learns from all of them, as a class
+        # with two polygons loses half its labels to validation (benchmarks/results/sparse_accuracy_refit_2026-12-04.txt)
+        final = prepare(prepared.dataset, replace(config, val_fraction=0.0))
+        for k in range(config.members):
+            if not config.quiet:
+                print(f"refit on every polygon{f' (member {k + 1})' if config.members > 1 else ''}", flush=True)
+            fits[k] = _fit(final, config, lr, run.member(k).refit, config.seed + k, config.resume, refit=True)
+    if fits[0] is None:  # a DDP rank other than 0: rank 0 writes the outputs
+        return run.root
+    task = _combined(fits)
+    save_model_folder(task, final, config, lr, run, metrics, valid_groups=len(prepared.split.valid_groups))
     from .package import save_package
 
     save_package(run.model, run.package, onnx=config.onnx, overwrite=True)
@@ -331,13 +339,23 @@ def _train(prepared: Prepared, run: RunFolder, config: TrainConfig, lr: float) -
             run.member(k).last_checkpoint.unlink(missing_ok=True)
         for k in range(config.members):
             shutil.rmtree(run.member(k).checkpoints, ignore_errors=True)
+            shutil.rmtree(run.member(k).refit.checkpoints, ignore_errors=True)
     return run.root
 
 
-def _fit(prepared: Prepared, config: TrainConfig, lr: float, folder: RunFolder, seed: int,
-         resume: bool) -> SegmentationTask | None:
+def _combined(tasks: list[SegmentationTask]) -> SegmentationTask:
+    """The first task, carrying the members' average where the run trained several."""
+    task = tasks[0]
+    if len(tasks) > 1:
+        task.model = Ensemble([t.model for t in tasks])
+    return task
+
+
+def _fit(prepared: Prepared, config: TrainConfig, lr: float, folder: RunFolder, seed: int, resume: bool,
+         refit: bool = False) -> SegmentationTask | None:
     """One Lightning fit into ``folder`` (checkpoints, history.csv, logs); on rank 0 the task with
-    the weights of its best epoch (lowest validation loss; training loss without validation).
+    the weights of its best epoch (lowest validation loss; training loss without validation), or of
+    its last epoch for a ``refit`` (nothing is left to choose an epoch by).
 
     ``seed`` draws the initial weights, the chip order and the augmentation; the split is the
     run's (``config.seed``), so every member of an ensemble holds out the same polygons.
@@ -350,20 +368,23 @@ def _fit(prepared: Prepared, config: TrainConfig, lr: float, folder: RunFolder, 
         fit_spectral(task.model.spectral, pixels, classes, prepared.weights, seed)
     train_loader, valid_loader = _loaders(prepared, config)
     resume_from = folder.last_checkpoint
-    monitor = "valid_loss" if valid_loader is not None else "train_loss"
-    best = ModelCheckpoint(dirpath=folder.checkpoints, filename="best", monitor=monitor, mode="min",
-                           save_top_k=1, enable_version_counter=False)
     # every epoch's state, for --resume: Lightning's save_last writes only in epochs that improve the
     # monitored loss, and a resume from there repeats the epochs after it
-    last = ModelCheckpoint(dirpath=folder.checkpoints, filename="last", enable_version_counter=False)
-    callbacks: list = [best, last, EpochTable(folder, config.quiet)]
-    if config.early_stopping:
-        callbacks.append(EarlyStopping(monitor=monitor, patience=config.early_stopping, mode="min"))
+    callbacks: list = [ModelCheckpoint(dirpath=folder.checkpoints, filename="last", enable_version_counter=False),
+                       EpochTable(folder, config.quiet)]
+    best = None
+    if not refit:
+        monitor = "valid_loss" if valid_loader is not None else "train_loss"
+        best = ModelCheckpoint(dirpath=folder.checkpoints, filename="best", monitor=monitor, mode="min",
+                               save_top_k=1, enable_version_counter=False)
+        callbacks.insert(0, best)
+        if config.early_stopping:
+            callbacks.append(EarlyStopping(monitor=monitor, patience=config.early_stopping, mode="min"))
     trainer = _trainer(config, folder.root, callbacks, config.epochs)
     trainer.fit(task, train_loader, valid_loader, ckpt_path=resume_from if resume and resume_from.exists() else None)
     if not trainer.is_global_zero:
         return None
-    if best.best_model_path:
+    if best is not None and best.best_model_path:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
         task.load_state_dict(state)
     return task
@@ -392,14 +413,15 @@ def evaluate_split(task: SegmentationTask, loader: DataLoader, prepared: Prepare
 
 
 def save_model_folder(task: SegmentationTask, prepared: Prepared, config: TrainConfig, lr: float, run: RunFolder,
-                      metrics: dict | None) -> None:
+                      metrics: dict | None, valid_groups: int) -> None:
     """Weights (safetensors) and model.json into the run's model folder: all that inference and the
-    model package need."""
+    model package need. ``prepared`` is what the packaged weights learnt from (every polygon after a
+    refit); ``valid_groups`` the polygons the validated fit held out."""
     from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in task.model.state_dict().items()}
     dataset = prepared.dataset
-    history = run.history()
+    history, refit = run.history(), run.refit.history()
     import lightning
     import segmentation_models_pytorch as smp
 
@@ -439,9 +461,10 @@ def save_model_folder(task: SegmentationTask, prepared: Prepared, config: TrainC
             "weights": config.weights,
             "history": history,
             "member_histories": [run.member(k).history() for k in range(1, config.members)],
-            "validation_metrics": metrics,
-            "train_groups": len(prepared.split.train_groups),
-            "valid_groups": len(prepared.split.valid_groups),
+            "validation_metrics": metrics,  # of the validated fit, before any refit
+            "refit": {"epochs": len(refit), "history": refit} if refit else None,  # on every polygon
+            "train_groups": len(prepared.split.train_groups),  # that the packaged weights learnt from
+            "valid_groups": valid_groups,
         },
         "dataset": {"paths": dataset_roots(dataset), "kind": dataset.kind, "sha256": dataset_hash(dataset)},
         "versions": {"sparsecover": __version__, "torch": torch.__version__,

@@ -15,7 +15,7 @@ DEFAULT_LR = 1e-3
 # Settings that may differ between a run and its --resume (the rest must match).
 RESUMABLE_DIFFERENCES = {"workers", "quiet", "resume", "onnx", "keep_checkpoints"}
 # What a run made before a setting existed did (its config.json lacks the key).
-SETTINGS_BEFORE_THEY_EXISTED = {"members": 1, "patch_size": None, "spectral": False}
+SETTINGS_BEFORE_THEY_EXISTED = {"members": 1, "patch_size": None, "spectral": False, "refit": False}
 
 
 @dataclass
@@ -48,6 +48,7 @@ class TrainConfig:
     members: int = 1  # networks trained from other random starts and averaged (an ensemble); costs members x
     patch_size: int | None = 128  # train on random patches of this size cut from larger chips; None = whole chips
     spectral: bool = True  # pool the network with a per-pixel spectral model (model.PooledNetwork)
+    refit: bool = True  # after the validated fit, train the packaged model again on every polygon
     onnx: bool = False  # also put model.onnx (+ model.emd) into the package
     keep_checkpoints: bool = False  # keep checkpoints/ (2 x the model, with optimizer state) after a finished run
     quiet: bool = False
