@@ -598,5 +598,9 @@ def test_an_ensemble_averages_members_trained_from_other_starts(train_chips, tmp
     for before, after in zip(model.network.members, resumed):
         for (key, x), (_, y) in zip(before.state_dict().items(), after.state_dict().items()):
             torch.testing.assert_close(x, y, msg=key)
+    # without the refit, the package averages the validated members themselves
+    plain = train(train_chips, tmp_path / "plain", TrainConfig(**{**FAST, "epochs": 1, "members": 2}))
+    members = load_model(plain / "model.sparsecover").network.members
+    assert len(members) == 2 and not any(isinstance(m, Ensemble) for m in members)
     with pytest.raises(SparsecoverError, match="--members must be at least 1"):
         train(train_chips, tmp_path / "none", TrainConfig(**{**FAST, "members": 0}))

@@ -311,9 +311,10 @@ def _train(prepared: Prepared, run: RunFolder, config: TrainConfig, lr: float) -
         if config.members > 1 and not config.quiet:
             print(f"ensemble member {k + 1} of {config.members}", flush=True)
         fits.append(_fit(prepared, config, lr, run.member(k), config.seed + k, config.resume))
+    task = _combined(fits)
     metrics = None
-    if prepared.valid is not None and fits[0] is not None:
-        metrics = evaluate_split(_combined(fits), _loaders(prepared, config)[1], prepared)
+    if prepared.valid is not None and task is not None:
+        metrics = evaluate_split(task, _loaders(prepared, config)[1], prepared)
         run.metrics.write_text(json.dumps(metrics, indent=1))
     final = prepared
     if config.refit and prepared.valid is not None:
@@ -324,9 +325,9 @@ def _train(prepared: Prepared, run: RunFolder, config: TrainConfig, lr: float) -
             if not config.quiet:
                 print(f"refit on every polygon{f' (member {k + 1})' if config.members > 1 else ''}", flush=True)
             fits[k] = _fit(final, config, lr, run.member(k).refit, config.seed + k, config.resume, refit=True)
-    if fits[0] is None:  # a DDP rank other than 0: rank 0 writes the outputs
+        task = _combined(fits)
+    if task is None:  # a DDP rank other than 0: rank 0 writes the outputs
         return run.root
-    task = _combined(fits)
     save_model_folder(task, final, config, lr, run, metrics, valid_groups=len(prepared.split.valid_groups))
     from .package import save_package
 
@@ -343,10 +344,11 @@ def _train(prepared: Prepared, run: RunFolder, config: TrainConfig, lr: float) -
     return run.root
 
 
-def _combined(tasks: list[SegmentationTask]) -> SegmentationTask:
-    """The first task, carrying the members' average where the run trained several."""
+def _combined(tasks: list[SegmentationTask | None]) -> SegmentationTask | None:
+    """The first task, carrying the members' average where the run trained several (None on a DDP
+    rank other than 0). Call it once per set of fits: it sets the first task's model."""
     task = tasks[0]
-    if len(tasks) > 1:
+    if task is not None and len(tasks) > 1:
         task.model = Ensemble([t.model for t in tasks])
     return task
 
