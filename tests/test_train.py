@@ -371,7 +371,10 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_run(train_chips, tmp_pat
     # the epochs after the kill are those of a run never killed: same weights, order and augmentation
     for resumed, whole in zip(_history(run) + _history(run / "refit"), uninterrupted, strict=True):
         for key in ("train_loss", "valid_loss", "accuracy"):
-            assert float(resumed[key]) == pytest.approx(float(whole[key]), rel=1e-4, abs=1e-6), resumed
+            if whole[key] == "":  # the refit has no validation
+                assert resumed[key] == "", resumed
+            else:
+                assert float(resumed[key]) == pytest.approx(float(whole[key]), rel=1e-4, abs=1e-6), resumed
 
 
 def _kill_when(cmd: list[str], run, point: str) -> str:
@@ -546,8 +549,8 @@ def test_an_ensemble_averages_members_trained_from_other_starts(train_chips, tmp
     from sparsecover.predict import load_model
 
     run = train(train_chips, tmp_path / "run",
-                TrainConfig(**{**POOLED, "members": 2, "keep_checkpoints": True, "refit": True}))
-    assert [int(r["epoch"]) for r in _history(run / "member2")] == [0, 1]
+                TrainConfig(**{**POOLED, "epochs": 1, "members": 2, "keep_checkpoints": True, "refit": True}))
+    assert [int(r["epoch"]) for r in _history(run / "member2")] == [0]
     assert (run / "member2" / "refit" / "history.csv").exists()
     meta = json.loads((run / "model" / "model.json").read_text())
     assert meta["ensemble"] == 2 and len(meta["training"]["member_histories"]) == 1
@@ -593,7 +596,7 @@ def test_an_ensemble_averages_members_trained_from_other_starts(train_chips, tmp
     assert np.abs(session.run(None, {"image": raw})[0] - expected.numpy()).max() < 1e-4
     # --resume after member 2 was lost: member 1 is complete and kept, member 2 is trained again alike
     shutil.rmtree(run / "member2")
-    train(train_chips, run, TrainConfig(**{**POOLED, "members": 2, "refit": True, "resume": True}))
+    train(train_chips, run, TrainConfig(**{**POOLED, "epochs": 1, "members": 2, "refit": True, "resume": True}))
     resumed = load_model(run / "model.sparsecover").network.members
     for before, after in zip(model.network.members, resumed):
         for (key, x), (_, y) in zip(before.state_dict().items(), after.state_dict().items()):
