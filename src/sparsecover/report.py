@@ -139,19 +139,17 @@ def build_report(run: str | Path, out: str | Path, classified: str | Path | None
                 + _table(["value", "class", "colour", "labelled pixels"], class_rows)
             )
         sections.append(_settings_section(config))
-        history = folder.history()
+        history, refit = folder.history(), folder.refit.history()
         if history:
             plot_history(history, tmp / "history.png")
             parts = ["<h2>Training</h2>", _img(tmp / "history.png", "training curves")]
             if folder.lr_plot.exists():
                 parts.append(_img(folder.lr_plot, "LR range test"))
-            refit_rows = folder.refit.history()
-            if refit_rows:
-                parts.append(f"<p>Then refit on every polygon, the held-out ones included: {len(refit_rows)} epochs, "
-                             f"final training loss {float(refit_rows[-1]['train_loss']):.3f}. The map's model is the "
+            if refit:
+                parts.append(f"<p>Then refit on every polygon, the held-out ones included: {len(refit)} epochs, "
+                             f"final training loss {float(refit[-1]['train_loss']):.3f}. The map's model is the "
                              "refit.</p>")
             sections.append("\n".join(parts))
-        refit = bool(folder.refit.history())
         if folder.metrics.exists():
             metrics = evaluate_run(run, tmp / "validation")
             sections.append(_metrics_section("Validation (held-out polygons" + (", before the refit on every polygon)"
