@@ -132,7 +132,8 @@ class Predictor:
         self.loaded, self.engine, self.bf16 = loaded, engine, how.bf16 and engine == "torch"
         self.views = TTA_VIEWS[how.tta]
         self.device = device if engine == "torch" else torch.device("cpu")  # where batches are assembled
-        self.classes_only = how.classes_only and engine == "torch" and len(self.views) == 1
+        # on a GPU the argmax too is taken there; on a CPU the writer's threads take it, beside the network
+        self.classes_only = how.classes_only and engine == "torch" and (len(self.views) == 1 or device.type == "cuda")
         self.disagreement = how.disagreement and engine == "torch"
         self.values = torch.tensor(loaded.class_values, dtype=torch.uint8, device=self.device)
         self.fill = torch.tensor(loaded.normalisation.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
@@ -150,12 +151,13 @@ class Predictor:
     def stage(self, tile: RawTile) -> RawTile:
         """On CUDA, the tile with its values copied to page-locked memory (in the reading thread), so
         that the copy to the GPU runs at full speed without holding up the model's thread (H200:
-        pageable copies took 15 % of a run's wall time); elsewhere the tile as it is."""
+        pageable copies took 15 % of a run's wall time); elsewhere the tile as it is. numpy copies
+        (the tile may be a strided view into a run): torch's copy would start a team of OpenMP
+        threads in every reading thread, all spinning on a GPU host's cores."""
         if self.device.type != "cuda":
             return tile
-        data = torch.from_numpy(tile.data)  # may be a view into a run (strided): copied contiguous
-        pinned = torch.empty(data.shape, dtype=data.dtype, pin_memory=True)
-        pinned.copy_(data)
+        pinned = torch.empty(tile.data.shape, dtype=torch.from_numpy(tile.data[..., :0]).dtype, pin_memory=True)
+        np.copyto(pinned.numpy(), tile.data)
         return RawTile(pinned, tile.band_valid, tile.valid)
 
     def batch(self, tiles: list[RawTile]) -> torch.Tensor:
@@ -179,7 +181,10 @@ class Predictor:
 
     def _forward(self, x: torch.Tensor) -> np.ndarray:
         if self.engine == "onnx":
-            return self.session.run(None, {"image": x.contiguous().numpy()})[0]
+            def network(view: torch.Tensor) -> torch.Tensor:
+                return torch.from_numpy(self.session.run(None, {"image": view.contiguous().numpy()})[0])
+
+            return self._mean_of_views(x, network).numpy()
         try:
             return self._torch_forward(x)
         except torch.cuda.OutOfMemoryError:
@@ -191,28 +196,38 @@ class Predictor:
             return np.concatenate([self._forward(x[:half]), self._forward(x[half:])])
 
     def _torch_forward(self, x: torch.Tensor) -> np.ndarray:
-        if self.device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
+        """The views' mean on the model's device; only what is wanted comes back (class values, or the
+        probabilities): on a GPU, copying every view's probabilities back and averaging them on the
+        host took 6x the network's time (benchmarks/results/gpu_h200_2026-12-04.txt)."""
+        cpu = self.device.type == "cpu"
+        module = self.module.with_disagreement if self.disagreement else self.module
+
+        def network(view: torch.Tensor) -> torch.Tensor:
+            return module(view.contiguous(memory_format=torch.channels_last) if cpu else view)
+
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            if self.classes_only and len(self.views) == 1:
+                view = x.contiguous(memory_format=torch.channels_last) if cpu else x
+                return self.values[self.module.logits(view).argmax(1)].cpu().numpy()
+            mean = self._mean_of_views(x, network)
             if self.classes_only:
-                return self.values[self.module.logits(x).argmax(1)].cpu().numpy()
-            if self.disagreement:
-                return self.module.with_disagreement(x).cpu().numpy()
-            return self.module(x).cpu().numpy()
+                return self.values[mean.argmax(1)].cpu().numpy()
+            return mean.cpu().numpy()
+
+    def _mean_of_views(self, x: torch.Tensor, network) -> torch.Tensor:
+        """The mean of ``network``'s probabilities over this predictor's views of ``x``, each turned back."""
+        total = None
+        for k, mirrored in self.views:
+            view = torch.rot90(x, k, (2, 3)) if k else x
+            probs = network(torch.flip(view, (3,)) if mirrored else view).float()
+            probs = torch.flip(probs, (3,)) if mirrored else probs
+            probs = torch.rot90(probs, -k, (2, 3)) if k else probs
+            total = probs if total is None else total + probs
+        return (total / len(self.views)).contiguous()
 
     def __call__(self, tiles: list[RawTile]) -> np.ndarray:
         """Class probabilities (or class values, see ``classes_only``) of tiles from :func:`read_tile`."""
-        x = self.batch(tiles)
-        if len(self.views) == 1:
-            return self._forward(x)
-        total = None
-        for k, mirrored in self.views:
-            view = torch.rot90(x, k, (2, 3))
-            probs = self._forward(torch.flip(view, (3,)) if mirrored else view)
-            probs = probs[..., ::-1] if mirrored else probs
-            probs = np.rot90(probs, -k, axes=(2, 3))
-            total = probs if total is None else total + probs
-        return np.ascontiguousarray(total / len(self.views))
+        return self._forward(self.batch(tiles))
 
 
 def crop_cores(blocks: list[Block], probs: np.ndarray,
