@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import collections
 import math
+import queue
 import resource
 import sys
 import tempfile
@@ -91,19 +92,25 @@ class Timer:
         result = Future.result
         timer = self
 
-        def waited(future, *args, **kwargs):  # a thread waiting for reads, the writer or a prepared batch
+        def waited(future, *args, **kwargs):  # a thread waiting for the writer or a prepared batch
             start, cpu = time.perf_counter(), time.thread_time()
             value = result(future, *args, **kwargs)
-            if threading.current_thread() is not threading.main_thread():
-                label = "writer waits for prepared batches"
-            elif isinstance(value, list) and value and isinstance(value[0], engine.RawTile):
-                label = "wait for reads (main)"
-            else:
-                label = "wait for the writer (main)"
+            main = threading.current_thread() is threading.main_thread()
+            label = "wait for the writer (main)" if main else "writer waits for prepared batches"
             timer.add(label, time.perf_counter() - start, time.thread_time() - cpu)
             return value
 
         Future.result = waited
+        get = queue.Queue.get
+
+        def read_waited(tiles, *args, **kwargs):  # the model's thread waiting for a reader's batch
+            start, cpu = time.perf_counter(), time.thread_time()
+            value = get(tiles, *args, **kwargs)
+            if threading.current_thread() is threading.main_thread():
+                timer.add("wait for reads (main)", time.perf_counter() - start, time.thread_time() - cpu)
+            return value
+
+        queue.Queue.get = read_waited
 
 
 def _process_cpu() -> float:

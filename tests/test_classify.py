@@ -157,8 +157,14 @@ def test_flip_tta_averages_the_tile_and_its_mirror_image(trained, train_chips):
     plain = Predictor(loaded, torch.device("cpu"), Inference(tta="none"))
     flip = Predictor(loaded, torch.device("cpu"), Inference(tta="flip"))
     expected = (plain([tile]) + plain([mirrored])[..., ::-1]) / 2
-    np.testing.assert_allclose(flip([tile]), expected, atol=1e-6)
+    probs = flip([tile])
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
     assert not np.allclose(plain([tile]), expected, atol=1e-3)  # the two views differ: their mean is neither
+    # for the class map alone a GPU takes the views' mean and its argmax on the device (a CPU leaves
+    # the argmax to the writer's threads): the classes of the mean
+    assert not flip.classes_only
+    flip.classes_only = True
+    np.testing.assert_array_equal(flip([tile]), np.array(loaded.class_values)[probs.argmax(1)])
     with pytest.raises(SparsecoverError, match="--tta must be one of none, flip, all, got 'both'"):
         classify_pixels(train_chips.parent / "classes_scene.tif", loaded, "never.tif", tta="both", progress=False)
 
@@ -218,7 +224,10 @@ def test_dask_two_workers_equal_single_process(trained, train_chips, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_gives_the_uninterrupted_result(trained, train_chips, tmp_path):
+@pytest.mark.parametrize("readers", [0, 3])
+def test_resume_after_sigkill_gives_the_uninterrupted_result(trained, train_chips, tmp_path, readers):
+    """Killed mid-run and resumed: the uninterrupted map. With reading threads (a GPU host's path,
+    forced here) blocks are written in the readers' turn, not the raster's order."""
     import os
     import signal
     import subprocess
@@ -233,8 +242,10 @@ def test_resume_after_sigkill_gives_the_uninterrupted_result(trained, train_chip
     reference = classify_pixels(big, package, tmp_path / "ref.tif", tile_size=64, padding=16, batch_size=1,
                                 progress=False)
     out = tmp_path / "map.tif"
-    cmd = [sys.executable, "-m", "sparsecover.cli", "classify", str(big), package, "--out", str(out),
-           "--tile-size", "64", "--padding", "16", "--batch-size", "3", "-q", "--device", "cpu"]
+    args = ["classify", str(big), package, "--out", str(out), "--tile-size", "64", "--padding", "16",
+            "--batch-size", "3", "-q", "--device", "cpu"]
+    cmd = [sys.executable, "-c", "from sparsecover.classify import schedule; from sparsecover.cli import main; "
+           f"schedule.reading_threads = lambda device: {readers}; main()", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     state = tmp_path / ".map.tif.state.json"
     deadline = time.time() + 120

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import functools
 import os
+import queue
 import threading
-from collections import deque
 
 import rasterio
 import torch
 
 from ..errors import SparsecoverError
 from ..predict import load_model
-from ..raster import thread_pool
-from .engine import Inference, Predictor, RawTile, device_of, predict_blocks, predict_tiles, read_run, read_tile
+from ..raster import GDAL_CACHE_BYTES, thread_pool
+from .engine import Inference, Predictor, device_of, predict_blocks, predict_tiles, read_run, read_tile
 from .plan import Block, tile_runs
 
 #: Batches that may wait between the stages (read -> predict -> write) so that a slow moment in one
@@ -37,47 +37,66 @@ def preparing_threads() -> int:
 
 
 def local_results(raster: str, predictor: Predictor, batches: list[list[Block]], band_indexes: list[int]):
-    """Batches predicted in this process; on a GPU the tiles ahead are read by a pool of threads meanwhile.
-
-    One dataset serves every read, in turn: GDAL caches decoded blocks per dataset, and with a
-    dataset per reading thread (as before) the blocks under the overlaps of neighbouring tiles were
-    decoded again by other threads: 8 threads spent 2.3x the CPU time of one reading in order (60 MP
-    GeoTIFF). Reads in parallel come from GDAL instead: on a GPU the tiles side by side in a tile
-    row are read as one window (:func:`.engine.read_run`), whose blocks GDAL decodes on all cores, while the
-    threads stage tiles for the GPU or wait their turn. At most readers + QUEUED_BATCHES batches of
-    tiles (rounded up to whole runs) wait in memory, whatever the raster's size.
-    """
-    readers = reading_threads(predictor.device)
+    """Batches predicted in this process: on a CPU read in order, inline; on a GPU read ahead by
+    :func:`reading_threads` readers (see :func:`read_ahead`)."""
+    readers = min(reading_threads(predictor.device), len(batches))
+    if readers:
+        yield from read_ahead(raster, predictor, batches, band_indexes, readers)
+        return
     with rasterio.open(raster) as src:
-        if not readers:
-            for batch in batches:
-                yield predict_tiles(predictor, batch, [read_tile(src, b.tile, band_indexes) for b in batch])
-            return
-        turn = threading.Lock()
+        for batch in batches:
+            yield predict_tiles(predictor, batch, [read_tile(src, b.tile, band_indexes) for b in batch])
 
-        def read(run: list[Block]) -> list[RawTile]:
-            with turn:
-                tiles = read_run(src, run, band_indexes)
-            return [predictor.stage(t) for t in tiles]
 
-        runs = tile_runs([b for batch in batches for b in batch])
-        ahead = readers + QUEUED_BATCHES * len(batches[0]) if batches else 0
-        with thread_pool(readers, "sparsecover-read") as pool:
-            reads: deque = deque()  # runs being read, in order
-            ready: deque = deque()  # tiles read, in order
-            submitted = waiting = 0  # runs submitted; tiles submitted and not yet taken
-            for batch in batches:
-                tiles = []
-                for _ in batch:
-                    while submitted < len(runs) and waiting < ahead:
-                        reads.append(pool.submit(read, runs[submitted]))
-                        waiting += len(runs[submitted])
-                        submitted += 1
-                    if not ready:
-                        ready.extend(reads.popleft().result())
-                    tiles.append(ready.popleft())
-                    waiting -= 1
-                yield predict_tiles(predictor, batch, tiles)
+def read_ahead(raster: str, predictor: Predictor, batches: list[list[Block]], band_indexes: list[int], readers: int):
+    """Batches predicted while ``readers`` threads read the ones ahead, each its own contiguous share
+    of the batches (a band of the raster) through its own dataset: no reader waits on another's,
+    and the input blocks under the overlaps of neighbouring tiles stay in the cache of the reader
+    that reads both (one dataset shared in turn serialised reading: the model's thread waited on
+    reads for 76 % of a run on an H200, benchmarks/results/gpu_h200_2026-12-04.txt). The tiles side
+    by side in a batch are read as one window (:func:`.engine.read_run`), whose blocks GDAL decodes
+    on several cores. Results come in the readers' turn, not the raster's order (the writer takes
+    any order). At most two batches per reader are in memory: one read, one being read; and
+    the readers' share of GDAL's block cache.
+    """
+    shares = [batches[len(batches) * i // readers : len(batches) * (i + 1) // readers] for i in range(readers)]
+    queues: list[queue.Queue] = [queue.Queue(maxsize=1) for _ in shares]
+    stop = threading.Event()
+
+    def hand_over(out: queue.Queue, item) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read(share: list[list[Block]], out: queue.Queue) -> None:
+        try:
+            # GDAL's block cache is one for the process: each reader gets the share that the blocks'
+            # order (plan.plan_blocks) was sized for, or the overlaps' blocks are decoded again
+            with rasterio.Env(GDAL_CACHEMAX=readers * GDAL_CACHE_BYTES, GDAL_NUM_THREADS=1), rasterio.open(raster) as src:
+                for batch in share:
+                    tiles = [predictor.stage(t) for run in tile_runs(batch) for t in read_run(src, run, band_indexes)]
+                    if not hand_over(out, tiles):
+                        return
+        except BaseException as exc:  # noqa: BLE001 - raised again in the model's thread
+            hand_over(out, exc)
+
+    with thread_pool(readers, "sparsecover-read") as pool:
+        for share, out in zip(shares, queues):
+            pool.submit(read, share, out)
+        try:
+            for k in range(max(map(len, shares))):
+                for share, out in zip(shares, queues):
+                    if k < len(share):
+                        tiles = out.get()
+                        if isinstance(tiles, BaseException):
+                            raise tiles
+                        yield predict_tiles(predictor, share[k], tiles)
+        finally:
+            stop.set()
 
 
 @functools.lru_cache(maxsize=2)
