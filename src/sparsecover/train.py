@@ -134,8 +134,10 @@ def _accelerator(device: str) -> str:
 
 
 def _loaders(prepared: Prepared, config: TrainConfig) -> tuple[DataLoader, DataLoader | None]:
+    # page-locked batches let Lightning copy them to a GPU without blocking the next step
+    cuda = config.device in ("auto", "cuda") and torch.cuda.is_available()
     kwargs = dict(batch_size=config.batch_size, num_workers=config.workers,
-                  persistent_workers=config.workers > 0)
+                  persistent_workers=config.workers > 0, pin_memory=cuda)
     train = DataLoader(prepared.train, shuffle=True, drop_last=len(prepared.train) > config.batch_size, **kwargs)
     valid = DataLoader(prepared.valid, shuffle=False, **kwargs) if prepared.valid is not None else None
     return train, valid
