@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import shapely
-from pyogrio.errors import DataLayerError, DataSourceError
 from rasterio import features
 from rasterio.transform import Affine
 from rasterio.windows import Window
@@ -225,6 +224,8 @@ def vectorize(
     The layer (``layer``, default the file's name) opens in QGIS in the map's colours.
     ``block_size``: pixels a side of the blocks read at a time (default :data:`BLOCK`).
     """
+    import pyogrio.errors  # here, not at import: pyogrio loads geopandas, which classify needs only with a vector map
+
     classified, out = Path(classified), Path(out)
     if out.suffix.lower() != ".gpkg":
         raise SparsecoverError(f"{out}: vectorize writes a GeoPackage; name the output *.gpkg")
@@ -290,7 +291,7 @@ def vectorize(
             table = build_class_table(sorted(seen), names, colours)
             add_layer_style(staging, layer, [c for c in table if c.value in kinds], CLASS_FIELD)
             os.replace(staging, out)
-        except (OSError, DataSourceError, DataLayerError) as exc:  # a full disk, a read-only folder
+        except (OSError, pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:  # a full disk, a read-only folder
             if staging is not None:
                 staging.unlink(missing_ok=True)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
