@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import rasterio
 import torch
 
@@ -58,6 +59,9 @@ def test_fit_spectral_learns_band_values_deterministically_without_the_global_st
     with torch.no_grad():
         predicted = fitted[0](torch.from_numpy(pixels)[:, :, None, None])[:, :, 0, 0].argmax(1).numpy()
     assert (predicted == classes).mean() > 0.95
+    with torch.no_grad():  # the fit's pixel-vector form is the model that runs on tiles
+        torch.testing.assert_close(fitted[0].of_pixels(torch.from_numpy(pixels)),
+                                   fitted[0](torch.from_numpy(pixels)[:, :, None, None])[:, :, 0, 0])
     assert not any(p.requires_grad for p in fitted[0].parameters())
     # a fit draws from its own generator, not from torch's stream (which orders the chips)
     assert streams == [True, True]
@@ -75,6 +79,7 @@ def test_the_pool_is_the_normalised_geometric_mean_of_both_halves():
     torch.testing.assert_close(pooled, geometric / geometric.sum(1, keepdim=True))
 
 
+@pytest.mark.usefixtures("short_spectral_fit")
 def test_a_trained_run_carries_its_spectral_model_into_the_package(train_chips, tmp_path):
     from sparsecover.classify import classify_pixels
     from sparsecover.predict import load_model

@@ -36,7 +36,7 @@ def fit_spectral(model: SpectralModel, pixels: np.ndarray, classes: np.ndarray, 
                 layer.weight.uniform_(-bound, bound, generator=generator)
                 layer.bias.uniform_(-bound, bound, generator=generator)
     model.requires_grad_(True)
-    x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[:, :, None, None]
+    x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
     y = torch.from_numpy(classes)
     loss_of = nn.CrossEntropyLoss(weight=torch.tensor(class_weights, dtype=torch.float32))
     optimizer = torch.optim.Adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
@@ -48,7 +48,7 @@ def fit_spectral(model: SpectralModel, pixels: np.ndarray, classes: np.ndarray, 
     try:
         for _ in range(STEPS if len(y) else 0):
             batch = torch.randint(len(y), (min(BATCH, len(y)),), generator=generator)
-            loss = loss_of(model(x[batch])[:, :, 0, 0], y[batch])
+            loss = loss_of(model.of_pixels(x[batch]), y[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
