@@ -13,6 +13,9 @@ from rasterio.transform import from_origin
 from shapely.geometry import Polygon, box
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: The per-pixel model's fit in a tenth of its steps: for the tests of what carries the fit
+#: (determinism, resume, ensembles, fine-tuning, packages), not of what it learns (test_spectral.py)
+SHORT_SPECTRAL_STEPS = 200
 
 UTM = CRS.from_epsg(32618)
 ORIGIN = (500_000.0, 4_500_000.0)
@@ -138,3 +141,10 @@ def trained_model(train_chips, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("trained") / "run"
     return train(train_chips, run, TrainConfig(backbone="resnet18", epochs=1, lr=1e-3, quiet=True, onnx=True,
                                                   refit=False))
+
+
+@pytest.fixture
+def short_spectral_fit(monkeypatch):
+    from sparsecover import spectral
+
+    monkeypatch.setattr(spectral, "STEPS", SHORT_SPECTRAL_STEPS)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from sparsecover import UnetClassifier, prepare_data
 
 
+@pytest.mark.usefixtures("short_spectral_fit")
 def test_prepare_fit_metrics_save(train_chips, tmp_path):
     data = prepare_data(train_chips, batch_size=8, imagery_type="ms", val_fraction=0.34)
     assert data.c == 3 and data.classes == ["class1", "class2", "class3"]

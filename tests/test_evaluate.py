@@ -187,7 +187,8 @@ def test_report_on_a_killed_run_says_it_is_incomplete(tmp_path, train_chips):
     from sparsecover.report import build_report
     from sparsecover.train import TrainConfig, train
 
-    run = train(train_chips, tmp_path / "run", TrainConfig(backbone="resnet18", epochs=2, lr=1e-3, quiet=True, refit=False))
+    run = train(train_chips, tmp_path / "run", TrainConfig(backbone="resnet18", epochs=2, lr=1e-3, quiet=True, refit=False,
+                                                    spectral=False))
     text = build_report(run, tmp_path / "done.html").read_text()
     assert "Incomplete run" not in text
     # what a run killed in its second epoch leaves: one epoch in history.csv, no model, no package
@@ -217,7 +218,8 @@ def test_report_does_not_repeat_what_train_warned_about(tmp_path):
     chips = export_training_data(raster, tmp_path / "p.gpkg", tmp_path / "chips", class_field="classvalue",
                                  tile_size=32, stride=16, progress=False)
     with pytest.warns(SparsecoverWarning, match="single polygon"):
-        run = train(chips, tmp_path / "run", TrainConfig(backbone="resnet18", epochs=1, lr=1e-3, quiet=True, refit=False))
+        run = train(chips, tmp_path / "run", TrainConfig(backbone="resnet18", epochs=1, lr=1e-3, quiet=True, refit=False,
+                                                     spectral=False))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         text = build_report(run, tmp_path / "report.html").read_text()

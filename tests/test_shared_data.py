@@ -134,12 +134,16 @@ def test_sentinel2_bands_stacked_and_exported(shared_data, tmp_path):
 
 @pytest.fixture(scope="module")
 def nc_model(nc_export, tmp_path_factory):
+    from conftest import SHORT_SPECTRAL_STEPS
+    from sparsecover import spectral
     from sparsecover.train import TrainConfig, train
 
     _, chips, _ = nc_export
     folder = tmp_path_factory.mktemp("ncmodel")
-    with pytest.warns(SparsecoverWarning):
-        # supervised only: these tests are about inference (seams, ONNX, contract); half the time
+    with pytest.warns(SparsecoverWarning), pytest.MonkeyPatch.context() as patch:
+        # supervised only, the per-pixel fit shortened: these tests are about inference (seams, ONNX,
+        # contract); half the time
+        patch.setattr(spectral, "STEPS", SHORT_SPECTRAL_STEPS)
         run = train(chips, folder / "run", TrainConfig(backbone="resnet18", epochs=6, lr=3e-3, quiet=True,
                                                        unlabelled_weight=0, refit=False))
     return run / "model.sparsecover"

@@ -25,8 +25,9 @@ from sparsecover.data import IGNORE_INDEX, UNLABELLED
 from sparsecover.model import adapt_first_conv
 from sparsecover.train import TrainConfig, prepare, train
 
-# The per-pixel model (tests/test_spectral.py) costs ~4 s a training: most tests here leave it out;
-# those of determinism, resume, ensembles, fine-tuning and DDP train the default pooled network (POOLED).
+# The per-pixel model (tests/test_spectral.py) costs ~2.5 s a training: most tests here leave it out;
+# those of determinism, resume, ensembles, fine-tuning and DDP train the default pooled network (POOLED),
+# in process with its fit shortened (conftest.short_spectral_fit).
 # The refit on every polygon doubles a training: the tests of the refit (and of resume and ensembles) ask for it.
 FAST = dict(backbone="resnet18", epochs=2, lr=1e-3, batch_size=8, quiet=True, seed=7, spectral=False, refit=False)
 POOLED = {**FAST, "spectral": True}
@@ -247,6 +248,7 @@ def test_progress_counts_epochs_from_one(train_chips, tmp_path, capfd):
     assert [int(r["epoch"]) for r in _history(run)] == [0, 1]
 
 
+@pytest.mark.usefixtures("short_spectral_fit")
 def test_same_seed_same_history(train_chips, tmp_path):
     a = _history(train(train_chips, tmp_path / "a", TrainConfig(**POOLED)))
     b = _history(train(train_chips, tmp_path / "b", TrainConfig(**POOLED)))
@@ -444,6 +446,7 @@ def test_ddp_with_two_cpu_processes(train_chips, tmp_path):
     assert (run / "model" / "weights.safetensors").exists()
 
 
+@pytest.mark.usefixtures("short_spectral_fit")
 def test_fine_tune_from_a_run_and_shape_mismatch(train_chips, tmp_path):
     first = train(train_chips, tmp_path / "first", TrainConfig(**{**POOLED, "epochs": 1}))
     second = train(train_chips, tmp_path / "second", TrainConfig(**{**POOLED, "epochs": 1, "weights": str(first)}))
@@ -541,6 +544,7 @@ def test_early_stopping_stops_when_validation_loss_stalls(train_chips, tmp_path)
     assert len(_history(run)) < 8
 
 
+@pytest.mark.usefixtures("short_spectral_fit")
 def test_an_ensemble_averages_members_trained_from_other_starts(train_chips, tmp_path):
     from sparsecover.classify import classify_pixels
     from sparsecover.classify.outputs import DISAGREEMENT
