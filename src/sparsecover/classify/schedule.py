@@ -54,10 +54,11 @@ def read_ahead(raster: str, predictor: Predictor, batches: list[list[Block]], ba
     and the input blocks under the overlaps of neighbouring tiles stay in the cache of the reader
     that reads both (one dataset shared in turn serialised reading: the model's thread waited on
     reads for 76 % of a run on an H200, benchmarks/results/gpu_h200_2026-12-04.txt). The tiles side
-    by side in a batch are read as one window (:func:`.engine.read_run`), whose blocks GDAL decodes
-    on several cores. Results come in the readers' turn, not the raster's order (the writer takes
-    any order). At most two batches per reader are in memory: one read, one being read; and
-    the readers' share of GDAL's block cache.
+    by side in a batch are read as one window (:func:`.engine.read_run`), decoded by its reader alone
+    (the readers are the parallelism; GDAL's own decoding threads on top of them only contend).
+    Results come in the readers' turn, not the raster's order (the writer takes any order). At most
+    two batches per reader are in memory, one read and one being read, and the readers' share of
+    GDAL's block cache.
     """
     shares = [batches[len(batches) * i // readers : len(batches) * (i + 1) // readers] for i in range(readers)]
     queues: list[queue.Queue] = [queue.Queue(maxsize=1) for _ in shares]
