@@ -14,7 +14,8 @@ Stages are timed by wrapping classify's own functions; times of the reading thre
 over threads (so they can exceed the wall time), the others are wall time in their thread. "CPU s"
 is the CPU time of the thread that called the stage (GDAL's own worker threads, e.g. of the COG
 conversion, are not in it): well below the wall time means the stage waited (for the GIL, a lock, the
-disk or the GPU).
+disk or the GPU). A second table gives the CPU time of every kind of thread, GDAL's and PyTorch's
+native ones included (sampled from /proc, Linux only).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import collections
 import math
+import os
 import queue
 import resource
 import sys
@@ -113,6 +115,56 @@ class Timer:
         queue.Queue.get = read_waited
 
 
+class ThreadCPU:
+    """CPU time by kind of thread, sampled from /proc/self/task while a run lasts: Python's threads
+    by name (sparsecover-read, -prepare, -write, the main thread) and the native ones (GDAL's
+    decoding and compression workers, PyTorch's OpenMP team), which the stage table cannot see.
+    Threads that end between two samples lose their last interval."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval, self.last, self.kind = interval, {}, {}
+        self.stopped = threading.Event()
+        self.sampler = threading.Thread(target=self._run, name="breakdown-sampler", daemon=True)
+
+    @staticmethod
+    def _cpu(tid: str) -> float | None:
+        try:
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def _sample(self) -> None:
+        python = {str(t.native_id): t.name.rsplit("_", 1)[0] for t in threading.enumerate()}
+        for tid in os.listdir("/proc/self/task"):
+            cpu = self._cpu(tid)
+            if cpu is not None:
+                self.last.setdefault(tid, (cpu, cpu))
+                self.last[tid] = (self.last[tid][0], cpu)
+                self.kind.setdefault(tid, python.get(tid, "native (GDAL, OpenMP)"))
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> ThreadCPU:
+        self._sample()
+        self.sampler.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        self.sampler.join()
+        self._sample()
+
+    def by_kind(self) -> dict[str, float]:
+        totals: dict[str, float] = collections.defaultdict(float)
+        for tid, (first, last) in self.last.items():
+            if self.kind[tid] != "breakdown-sampler":
+                totals[self.kind[tid]] += last - first
+        return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
 def _process_cpu() -> float:
     """CPU seconds of this process, all threads (GDAL's included): what a many-core host shares out."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -162,8 +214,9 @@ def main() -> None:
             with rasterio.open(raster) as src:
                 mp = src.width * src.height / 1e6
             start, cpu = time.perf_counter(), _process_cpu()
-            classify.classify_pixels(raster, package, tmp / "out.tif", device=args.device, progress=False,
-                                     overwrite=True, tta="none")
+            with ThreadCPU() as threads:
+                classify.classify_pixels(raster, package, tmp / "out.tif", device=args.device, progress=False,
+                                         overwrite=True, tta="none")
             wall, cpu = time.perf_counter() - start, _process_cpu() - cpu
             readers = schedule.reading_threads(torch.device(args.device))
             print(f"\n{label}: {mp:.0f} MP in {wall:.2f} s = {mp / wall:.1f} MP/s = {mp / wall / bare:.3f} of bare; "
@@ -172,6 +225,9 @@ def main() -> None:
             for stage, seconds in sorted(timer.seconds.items(), key=lambda item: -item[1]):
                 print(f"  {stage:<42}{seconds:>8.2f}  {100 * seconds / wall:>9.1f}  {timer.cpu[stage]:>6.2f}  "
                       f"{timer.calls[stage]:>6}", flush=True)
+            print(f"  {'CPU by thread (sampled)':<42}{'CPU s':>8}  {'ms per MP':>9}")
+            for kind, seconds in threads.by_kind().items():
+                print(f"  {kind:<42}{seconds:>8.2f}  {seconds / mp * 1000:>9.1f}")
 
 
 if __name__ == "__main__":
