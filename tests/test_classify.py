@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -437,7 +439,11 @@ def test_threaded_reading_gives_the_same_map(trained, train_chips, tmp_path, mon
     cores several threads prepare the batches the writer writes: same map, nodata holes and a
     batch that does not divide the tile count included; and the same map whether cores are
     written one by one or joined into strips (batch size 1 vs 3)."""
+    from rasterio._env import get_gdal_config
+
     from sparsecover.classify import schedule
+    from sparsecover.classify.engine import read_run as engine_read_run
+    from sparsecover.raster import GDAL_CACHE_BYTES
 
     with rasterio.open(train_chips.parent / "classes_scene.tif") as src:
         data = src.read()
@@ -447,9 +453,21 @@ def test_threaded_reading_gives_the_same_map(trained, train_chips, tmp_path, mon
                              progress=False)
     monkeypatch.setattr(schedule, "reading_threads", lambda device: 2)
     monkeypatch.setattr(schedule, "preparing_threads", lambda: 3)  # as on a 12-15 core host
+    settings = []
+
+    def read_run(*args):  # what GDAL is told while each run is read
+        time.sleep(0.02)  # the readers' shares differ in length: one finishes first
+        settings.append((threading.current_thread().name, get_gdal_config("GDAL_NUM_THREADS"),
+                         get_gdal_config("GDAL_CACHEMAX")))
+        return engine_read_run(*args)
+
+    monkeypatch.setattr(schedule, "read_run", read_run)
     threaded = classify_pixels(scene, trained, tmp_path / "threaded.tif", tile_size=64, padding=16, batch_size=3,
                                progress=False)
     assert np.array_equal(rasterio.open(inline).read(1), rasterio.open(threaded).read(1))
+    # each reader decodes alone, and the cache holds both readers' shares to the last read
+    assert len({thread for thread, *_ in settings}) == 2
+    assert {(threads, cache) for _, threads, cache in settings} == {(1, 2 * GDAL_CACHE_BYTES)}
 
 
 def test_tiles_read_as_runs_equal_tiles_read_one_by_one(train_chips, tmp_path):

@@ -136,7 +136,10 @@ def thread_pool(workers: int, name: str) -> ThreadPoolExecutor:
 
 
 def _enter_gdal_env() -> None:
-    gdal_env().__enter__()  # for the thread's whole life: it ends with its pool
+    # for the thread's whole life (it ends with its pool); without GDAL_CACHEMAX: the block cache is
+    # the process's, sized by the thread that started the work, and setting it here again would
+    # shrink a larger one (classify's reading threads, schedule.read_ahead) as each thread starts
+    rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS").__enter__()
 
 
 @dataclass(frozen=True)

@@ -75,9 +75,7 @@ def read_ahead(raster: str, predictor: Predictor, batches: list[list[Block]], ba
 
     def read(share: list[list[Block]], out: queue.Queue) -> None:
         try:
-            # GDAL's block cache is one for the process: each reader gets the share that the blocks'
-            # order (plan.plan_blocks) was sized for, or the overlaps' blocks are decoded again
-            with rasterio.Env(GDAL_CACHEMAX=readers * GDAL_CACHE_BYTES, GDAL_NUM_THREADS=1), rasterio.open(raster) as src:
+            with rasterio.Env(GDAL_NUM_THREADS=1), rasterio.open(raster) as src:  # a thread's own setting
                 for batch in share:
                     tiles = [predictor.stage(t) for run in tile_runs(batch) for t in read_run(src, run, band_indexes)]
                     if not hand_over(out, tiles):
@@ -85,7 +83,10 @@ def read_ahead(raster: str, predictor: Predictor, batches: list[list[Block]], ba
         except BaseException as exc:  # noqa: BLE001 - raised again in the model's thread
             hand_over(out, exc)
 
-    with thread_pool(readers, "sparsecover-read") as pool:
+    # GDAL's block cache is one for the process: each reader gets the share that the blocks' order
+    # (plan.plan_blocks) was sized for, or the overlaps' blocks are decoded again. Set here, once:
+    # a reader's own Env would put the smaller cache back for all when the first reader finishes.
+    with rasterio.Env(GDAL_CACHEMAX=readers * GDAL_CACHE_BYTES), thread_pool(readers, "sparsecover-read") as pool:
         for share, out in zip(shares, queues):
             pool.submit(read, share, out)
         try:
