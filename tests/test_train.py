@@ -100,6 +100,56 @@ def test_semi_supervised_training_uses_unlabelled_pixels_and_can_be_turned_off(t
     assert float(_history(run)[0]["train_loss"]) > 0
 
 
+@pytest.mark.parametrize("spectral", [False, True])
+def test_pseudo_labels_come_from_the_model_that_makes_the_map(spectral):
+    from sparsecover.task import SegmentationTask
+
+    task = SegmentationTask(num_bands=3, num_classes=3, class_weights=[1.0, 1.0, 1.0], backbone="resnet18",
+                            architecture="unet", lr=1e-3, weight_decay=0.0, encoder_depth=3, spectral=spectral)
+    image = torch.randn(2, 3, 32, 32)
+    context = torch.zeros(2, 3, 32, 32)
+    context[:, 0] = 3.0  # the context network alone: class 0, confident (p = 0.91)
+    if spectral:  # the per-pixel model: class 2, sure of it everywhere
+        last = task.model.spectral.layers[-1]
+        torch.nn.init.zeros_(last.weight)
+        last.bias.data = torch.tensor([0.0, 0.0, 12.0])
+    confidence, pseudo = task.pseudo_labels(image, context)
+    assert pseudo.shape == (2, 32, 32)
+    if spectral:  # the pool: 0.5 x (log p_context + log p_spectral), renormalised
+        expected = torch.softmax(0.5 * (torch.log_softmax(context, 1) + torch.log_softmax(
+            torch.tensor([0.0, 0.0, 12.0]).view(1, 3, 1, 1).expand(2, 3, 32, 32), 1)), 1)
+        assert (pseudo == 2).all()
+        assert torch.allclose(confidence, expected[:, 2], atol=1e-5)
+    else:
+        assert (pseudo == 0).all()
+        assert torch.allclose(confidence, torch.softmax(context, 1)[:, 0])
+
+
+def test_labelled_pixels_are_learned_from_both_views():
+    from sparsecover.task import SegmentationTask, strong_view
+
+    task = SegmentationTask(num_bands=3, num_classes=2, class_weights=[1.0, 3.0], backbone="resnet18",
+                            architecture="unet", lr=1e-3, weight_decay=0.0, encoder_depth=3, unlabelled_weight=1.0)
+    task.log = lambda *args, **kwargs: None  # no trainer attached
+    image = torch.randn(2, 3, 32, 32)
+    target = torch.full((2, 32, 32), UNLABELLED)
+    target[:, :8, :8] = 1
+    target[:, 20:, 20:] = 0
+    torch.manual_seed(0)
+    loss = task.training_step((image, target), 0)
+
+    torch.manual_seed(0)  # the same strong view again
+    logits = task.model(torch.cat([image, strong_view(image)]))
+    labelled = target.masked_fill(target == UNLABELLED, IGNORE_INDEX)
+    weak, strong = task._supervised(logits[:2], labelled)[0], task._supervised(logits[2:], labelled)[0]
+    confidence, pseudo = logits[:2].softmax(1).max(1)
+    confident = (target == UNLABELLED) & (confidence >= 0.9)
+    unlabelled = torch.nn.functional.cross_entropy(logits[2:], pseudo, reduction="none")
+    expected = 0.5 * (weak + strong) + (unlabelled * confident).sum() / (target == UNLABELLED).sum()
+    assert torch.allclose(loss, expected, rtol=1e-4)
+    assert not torch.isclose(weak, strong)  # the views' losses differ: both counted, not one twice
+
+
 def test_several_chip_datasets_train_as_one(train_chips, tmp_path):
     from sparsecover.combine import open_chip_datasets
 

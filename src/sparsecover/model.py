@@ -106,8 +106,12 @@ class PooledNetwork(nn.Module):
         self.spectral = spectral
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (torch.log_softmax(self.context(x).float(), dim=1)
-                      + torch.log_softmax(self.spectral(x).float(), dim=1))
+        return pool(self.context(x), self.spectral(x))
+
+
+def pool(context_logits: torch.Tensor, spectral_logits: torch.Tensor) -> torch.Tensor:
+    """:class:`PooledNetwork`'s output from its two halves' logits: the mean of their log-probabilities."""
+    return 0.5 * (torch.log_softmax(context_logits.float(), dim=1) + torch.log_softmax(spectral_logits.float(), dim=1))
 
 
 def context_of(network: nn.Module) -> nn.Module:

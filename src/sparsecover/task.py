@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from .data import IGNORE_INDEX, UNLABELLED
 from .metrics import summarize
-from .model import build_model, context_of
+from .model import PooledNetwork, build_model, context_of, pool
 
 
 def strong_view(image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -45,9 +45,13 @@ class SegmentationTask(L.LightningModule):
 
     Semi-supervised in the FixMatch manner (Sohn et al. 2020), per pixel: the model's own prediction
     on the (weakly augmented) chip becomes the target of a strongly perturbed copy of the chip
-    wherever it is confident (>= ``pseudo_threshold``). The many unlabelled pixels around and between
+    wherever it is confident (>= ``pseudo_threshold``); for a pooled network, the pool's prediction
+    (:meth:`pseudo_labels`). The many unlabelled pixels around and between
     the polygons then shape the decision boundaries, and the network cannot simply memorise the few
-    labelled ones. ``unlabelled_weight`` 0 turns it off (supervised only, half the compute).
+    labelled ones. The labelled pixels are learned from both copies (the mean of the two losses):
+    under the strong copy's colour shifts and cut-outs a network must tell its classes apart by more
+    than the exact colours of a few polygons, which the rest of a scene (other dates, other tiles of
+    a mosaic) does not repeat. ``unlabelled_weight`` 0 turns it off (supervised only, half the compute).
     """
 
     def __init__(self, num_bands: int, num_classes: int, class_weights: list[float], backbone: str,
@@ -85,14 +89,31 @@ class SegmentationTask(L.LightningModule):
         # the losses train the context network; a pooled network's spectral model is already fitted
         logits = context_of(self.model)(torch.cat([image, strong_view(image)]) if semi else image)
         loss, weight = self._supervised(logits[:n], labelled_target)
-        self.train_loss.update(loss.detach(), weight.detach())
+        self.train_loss.update(loss.detach(), weight.detach())  # the clean view's: comparable to validation
+        if semi:  # the labelled pixels under the strong view too (see the class docstring)
+            loss = 0.5 * (loss + self._supervised(logits[n:], labelled_target)[0])
         self.log("train_loss", self.train_loss, on_step=False, on_epoch=True)
         if semi:
-            confidence, pseudo = logits[:n].detach().softmax(1).max(1)
+            confidence, pseudo = self.pseudo_labels(image, logits[:n].detach())
             confident = unlabelled & (confidence >= self.hparams.pseudo_threshold)
             per_pixel = nn.functional.cross_entropy(logits[n:], pseudo, reduction="none")
             loss = loss + self.hparams.unlabelled_weight * (per_pixel * confident).sum() / unlabelled.sum()
         return loss
+
+    def pseudo_labels(self, image: torch.Tensor, context_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per pixel of the weakly augmented ``image``, the confidence and the class of the model that
+        makes the map, from the context network's ``context_logits`` on it.
+
+        For a pooled network that is the pool of the context network and the per-pixel model
+        (co-training, Blum and Mitchell 1998: each view teaches the other where they agree): the
+        network then learns the scene's unlabelled pixels from a teacher that its own guesses about
+        surroundings it has never seen cannot sway alone. See
+        benchmarks/results/sparse_accuracy_cotraining_2026-12-04.txt.
+        """
+        if isinstance(self.model, PooledNetwork):
+            with torch.no_grad():
+                context_logits = pool(context_logits, self.model.spectral(image))
+        return context_logits.float().softmax(1).max(1)
 
     def validation_step(self, batch, batch_idx):
         image, target = batch
