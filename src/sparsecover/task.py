@@ -105,8 +105,9 @@ class SegmentationTask(L.LightningModule):
         makes the map, from the context network's ``context_logits`` on it.
 
         For a pooled network that is the pool of the context network and the per-pixel model
-        (co-training, Blum and Mitchell 1998: each view teaches the other where they agree): the
-        network then learns the scene's unlabelled pixels from a teacher that its own guesses about
+        (co-training, Blum and Mitchell 1998: a second view of the same pixels labels the unlabelled
+        ones for the first; here the per-pixel view, held fixed, teaches the network): the network
+        then learns the scene's unlabelled pixels from a teacher that its own guesses about
         surroundings it has never seen cannot sway alone. See
         benchmarks/results/sparse_accuracy_cotraining_2026-12-04.txt.
         """
