@@ -139,32 +139,12 @@ def test_confidence_probabilities_and_tta(trained, train_chips, tmp_path):
     np.testing.assert_allclose(probs.sum(0), 1, atol=1e-4)
     np.testing.assert_allclose(confidence, probs.max(0), atol=1e-6)
     assert np.array_equal(classes, np.array([1, 2, 3], dtype=np.uint8)[probs.argmax(0)])
-    # all eight views: each pixel's probabilities are the mean of the network's on the rotated and
-    # mirrored tile, turned back (compared on one tile; the map above went through the same predictor)
-    import torch
-    from rasterio.windows import Window
-
-    from sparsecover.classify.engine import Inference, Predictor, RawTile, read_tile
-
-    loaded = load_model(trained)
-    with rasterio.open(scene) as src:
-        tile = read_tile(src, Window(0, 0, 64, 64), [1, 2, 3, 4])
-    plain = Predictor(loaded, torch.device("cpu"), Inference(tta="none"))
-    views = []
-    for k in range(4):
-        for mirrored in (False, True):
-            data = np.rot90(tile.data, k, (1, 2))
-            data = data[..., ::-1] if mirrored else data
-            probs = plain([RawTile(np.ascontiguousarray(data), None, np.ones(data.shape[1:], bool))])[0]
-            probs = probs[..., ::-1] if mirrored else probs
-            views.append(np.rot90(probs, -k, (1, 2)))
-    every = Predictor(loaded, torch.device("cpu"), Inference(tta="all"))([tile])[0]
-    np.testing.assert_allclose(every, np.mean(views, axis=0), atol=1e-5)
 
 
 def test_flip_tta_averages_the_tile_and_its_mirror_image(trained, train_chips):
     """classify's default test-time augmentation: each pixel's probabilities are the mean of the
-    network's on the tile and on its mirror image, mirrored back."""
+    network's on the tile and on its mirror image, mirrored back; with --tta all, of all eight
+    rotations and mirror images."""
     import torch
     from rasterio.windows import Window
 
@@ -185,6 +165,17 @@ def test_flip_tta_averages_the_tile_and_its_mirror_image(trained, train_chips):
     assert not flip.classes_only
     flip.classes_only = True
     np.testing.assert_array_equal(flip([tile]), np.array(loaded.class_values)[probs.argmax(1)])
+    # all eight views: the mean of the network's on the rotated and mirrored tile, turned back
+    views = []
+    for k in range(4):
+        for mirrored in (False, True):
+            data = np.rot90(tile.data, k, (1, 2))
+            data = data[..., ::-1] if mirrored else data
+            view = plain([RawTile(np.ascontiguousarray(data), None, np.ones(data.shape[1:], bool))])[0]
+            view = view[..., ::-1] if mirrored else view
+            views.append(np.rot90(view, -k, (1, 2)))
+    every = Predictor(loaded, torch.device("cpu"), Inference(tta="all"))([tile])[0]
+    np.testing.assert_allclose(every, np.mean(views, axis=0), atol=1e-5)
     with pytest.raises(SparsecoverError, match="--tta must be one of none, flip, all, got 'both'"):
         classify_pixels(train_chips.parent / "classes_scene.tif", loaded, "never.tif", tta="both", progress=False)
 

@@ -90,10 +90,10 @@ class SegmentationTask(L.LightningModule):
         logits = context_of(self.model)(torch.cat([image, strong_view(image)]) if semi else image)
         loss, weight = self._supervised(logits[:n], labelled_target)
         self.train_loss.update(loss.detach(), weight.detach())  # the clean view's: comparable to validation
-        if semi:  # the labelled pixels under the strong view too (see the class docstring)
-            loss = 0.5 * (loss + self._supervised(logits[n:], labelled_target)[0])
         self.log("train_loss", self.train_loss, on_step=False, on_epoch=True)
         if semi:
+            # the labelled pixels under the strong view too (see the class docstring)
+            loss = 0.5 * (loss + self._supervised(logits[n:], labelled_target)[0])
             confidence, pseudo = self.pseudo_labels(image, logits[:n].detach())
             confident = unlabelled & (confidence >= self.hparams.pseudo_threshold)
             per_pixel = nn.functional.cross_entropy(logits[n:], pseudo, reduction="none")
