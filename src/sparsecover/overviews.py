@@ -1,8 +1,7 @@
 """Overviews of classify's outputs, computed from each block while it is written.
 
-GDAL's COG driver computes overviews after the fact, reading the whole output again: that was
-three quarters of the COG conversion (a 22.6 MP class map: 0.68-0.76 s with MODE overviews, 0.16 s
-without). Here the writer reduces each block it writes by 2 x 2 steps into one partial file per
+GDAL's COG driver computes overviews after the fact, reading the whole output again: most of the
+COG conversion's time (benchmarks/results/classify_breakdown_cpu_2026-11-26.txt). Here the writer reduces each block it writes by 2 x 2 steps into one partial file per
 level, levels 2-16 at once (block bounds are multiples of 16 px, so each level's window is exact),
 the levels above from level 16 at the end; the COG driver then copies them, listed as the partial's
 overviews by a VRT (:func:`with_overviews`). Class maps get the 2 x 2 mode, probabilities the
@@ -48,9 +47,8 @@ def _quads(values: np.ndarray, nodata: float) -> tuple[np.ndarray, ...]:
 def mode_2x2(classes: np.ndarray) -> np.ndarray:
     """Each 2 x 2 cell's most frequent class value, 0 (nodata) only where all four are 0.
 
-    Comparisons instead of counting, on contiguous copies of the four quarters (all levels of a
-    22.6 MP class map in ~32 ms here, 1.4 ms per MP; GDAL's MODE overviews cost ~25 ms per MP): a
-    value seen twice is the mode or tied for it; ties go to the first of a, b, c, d; where 0 won,
+    Comparisons instead of counting, on contiguous copies of the four quarters (an order of
+    magnitude cheaper per pixel than GDAL's MODE overviews): a value seen twice is the mode or tied for it; ties go to the first of a, b, c, d; where 0 won,
     the largest value (any valid one: among the valid values it is then a tie).
     """
     a, b, c, d = (np.ascontiguousarray(q) for q in _quads(classes, 0))

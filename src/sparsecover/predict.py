@@ -110,10 +110,10 @@ def band_sample(src, band_indexes: list[int], grid: int = 8, size: int = 64) -> 
     """Valid values of each band from a ``grid`` x ``grid`` lattice of small windows over the raster.
 
     Reads at most grid² x size² pixels whatever the raster's size: a decimated read
-    (``out_shape``) of a raster without overviews, such as a VRT mosaic, decodes every pixel (13 s of
-    a 67 s classify of 23 MP; minutes at 400 MP). Each window still decodes whole source blocks
-    (0.9 s for a 376 MP GeoTIFF with 512 px blocks, one thread), so rows are read in parallel,
-    each thread with its own dataset (GDAL handles are not shared between threads).
+    (``out_shape``) of a raster without overviews, such as a VRT mosaic, decodes every pixel, which
+    at hundreds of megapixels takes minutes. Each window still decodes whole source blocks, so rows
+    are read in parallel, each thread with its own dataset (GDAL handles are not shared between
+    threads).
     """
     rows = np.unique(np.linspace(0, max(src.height - size, 0), grid).astype(int))
     cols = np.unique(np.linspace(0, max(src.width - size, 0), grid).astype(int))
