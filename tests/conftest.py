@@ -43,6 +43,14 @@ def write_raster(path: Path, data: np.ndarray, nodata=None, crs=UTM, res=RES, or
     return path
 
 
+def assert_same_map(a: Path, b: Path) -> None:
+    """Two class maps equal pixel for pixel, and not because both are empty (all nodata)."""
+    with rasterio.open(a) as first, rasterio.open(b) as second:
+        x, y = first.read(1), second.read(1)
+    assert x.shape == y.shape and x.any(), f"{a}: no classified pixel"
+    assert np.array_equal(x, y)
+
+
 def make_scene(folder: Path, width=200, height=150, dtype="uint16") -> Path:
     """A 4-band scene with a nodata (0) border on the left and smooth, class-dependent values."""
     rng = np.random.default_rng(0)

@@ -7,10 +7,10 @@ import zipfile
 
 import numpy as np
 import pytest
-import rasterio
 import torch
 from click.testing import CliRunner
 
+from conftest import assert_same_map
 from sparsecover import SparsecoverError, open_chip_dataset
 from sparsecover.cli import cli
 from sparsecover.classify import classify_pixels
@@ -88,8 +88,7 @@ def test_save_load_gives_bit_identical_predictions(run, train_chips, tmp_path):
     from_folder = classify_pixels(scene, run, tmp_path / "a.tif", tile_size=64, padding=16, progress=False)
     copy = save_package(run / "model.sparsecover", tmp_path / "copy.sparsecover")
     from_package = classify_pixels(scene, copy, tmp_path / "b.tif", tile_size=64, padding=16, progress=False)
-    a, b = rasterio.open(from_folder).read(1), rasterio.open(from_package).read(1)
-    assert np.array_equal(a, b)
+    assert_same_map(from_folder, from_package)
     folder_model, package_model = load_model(run), load_model(copy)
     for (name, x), (_, y) in zip(folder_model.network.state_dict().items(), package_model.network.state_dict().items()):
         assert torch.equal(x, y), name

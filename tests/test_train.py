@@ -19,7 +19,7 @@ import rasterio
 import torch
 from rasterio import features
 
-from conftest import class_polygons, make_class_scene
+from conftest import assert_same_map, class_polygons, make_class_scene
 from sparsecover import SparsecoverError, export_training_data, open_chip_dataset
 from sparsecover.data import IGNORE_INDEX, UNLABELLED
 from sparsecover.model import adapt_first_conv
@@ -631,7 +631,7 @@ def test_an_ensemble_averages_members_trained_from_other_starts(train_chips, tmp
                                uncertainty=tmp_path / "u.tif", progress=False, tta="none")
     one_pass = classify_pixels(scene, run, tmp_path / "map_1.tif", tile_size=128, padding=16, precision="fp32",
                                progress=False, tta="none")
-    np.testing.assert_array_equal(rasterio.open(with_unc).read(1), rasterio.open(one_pass).read(1))
+    assert_same_map(with_unc, one_pass)
     with rasterio.open(tmp_path / "u.tif") as src:
         unc, description = src.read(1), src.descriptions[0]
     assert description == DISAGREEMENT
