@@ -1,13 +1,14 @@
 """Overviews of classify's outputs, computed from each block while it is written.
 
 GDAL's COG driver computes overviews after the fact, reading the whole output again: most of the
-COG conversion's time (benchmarks/results/classify_breakdown_cpu_2026-11-26.txt). Here the writer reduces each block it writes by 2 x 2 steps into one partial file per
-level, levels 2-16 at once (block bounds are multiples of 16 px, so each level's window is exact),
-the levels above from level 16 at the end; the COG driver then copies them, listed as the partial's
-overviews by a VRT (:func:`with_overviews`). Class maps get the 2 x 2 mode, probabilities the
-mean, nodata ignored by both, as GDAL's MODE and AVERAGE do (ties may go another way than GDAL's:
-97-99 % of the overview pixels of a real class map agree; each level is reduced from the one below,
-not from the full resolution).
+COG conversion's time (benchmarks/results/classify_breakdown_cpu_2026-11-26.txt). Here the writer
+reduces each block it writes by 2 x 2 steps into one partial file per level, levels 2-16 at once
+(block bounds are multiples of 16 px, so each level's window is exact), the levels above from
+level 16 at the end; the COG driver then copies them, listed as the partial's overviews by a VRT
+(:func:`with_overviews`). Class maps get the 2 x 2 mode, probabilities the mean, nodata ignored by
+both, as GDAL's MODE and AVERAGE do (ties may go another way than GDAL's: 97-99 % of the overview
+pixels of a real class map agree; each level is reduced from the one below, not from the full
+resolution).
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ def mode_2x2(classes: np.ndarray) -> np.ndarray:
     """Each 2 x 2 cell's most frequent class value, 0 (nodata) only where all four are 0.
 
     Comparisons instead of counting, on contiguous copies of the four quarters (an order of
-    magnitude cheaper per pixel than GDAL's MODE overviews): a value seen twice is the mode or tied for it; ties go to the first of a, b, c, d; where 0 won,
-    the largest value (any valid one: among the valid values it is then a tie).
+    magnitude cheaper per pixel than GDAL's MODE overviews): a value seen twice is the mode or
+    tied for it; ties go to the first of a, b, c, d; where 0 won, the largest value (any valid one:
+    among the valid values it is then a tie).
     """
     a, b, c, d = (np.ascontiguousarray(q) for q in _quads(classes, 0))
     first = a == b
