@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import re
+from http.server import SimpleHTTPRequestHandler
+from pathlib import Path
+
 import numpy as np
 import pytest
 import rasterio
@@ -171,3 +176,65 @@ def test_a_gdal_virtual_path_is_written_to_the_vrt_as_given(bands, tmp_path):
         assert f'relativeToVRT="0">{memory.name}<' in out.read_text()
         with rasterio.open(out) as stacked:
             np.testing.assert_array_equal(stacked.read(1), src.read(1))
+
+
+class _RangeHandler(SimpleHTTPRequestHandler):
+    """A static file server that answers byte ranges, as the web servers of COG archives do (GDAL's
+    /vsicurl/ reads a COG by ranges). Quiet: requests are not logged."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def send_head(self):
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        path = Path(self.translate_path(self.path))
+        if not match or not path.is_file():
+            return super().send_head()
+        size = path.stat().st_size
+        start, end = int(match[1]), min(int(match[2] or size - 1), size - 1)
+        with path.open("rb") as handle:
+            handle.seek(start)
+            body = handle.read(end - start + 1)
+        self.send_response(206)
+        self.send_header("Content-Type", self.guess_type(str(path)))
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        return io.BytesIO(body)
+
+
+def test_a_stac_item_served_over_http_stacks_its_remote_cogs(bands, tmp_path, monkeypatch):
+    """An item fetched by URL whose assets are COGs on a web server (here one on this machine):
+    the VRT points at them through /vsicurl/ and reads the same pixels; --cog copies them locally."""
+    import functools
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    import pystac
+
+    item_path = _item(tmp_path, bands)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # a CI machine's proxy must not see the local server
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_RangeHandler, directory=str(item_path.parent)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        item = pystac.Item.from_file(str(item_path))
+        for asset in item.assets.values():  # absolute links, as most catalogues publish them
+            asset.href = f"{base}/{Path(asset.href).name}"
+        item.save_object(include_self_link=False, dest_href=str(item_path))
+        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+            out = stack_bands([f"{base}/item.json"], tmp_path / "remote.vrt", assets=["green", "B04"])
+            assert f"/vsicurl/{base}/B03.tif" in out.read_text()
+            with rasterio.open(out) as src, rasterio.open(bands[1]) as b2, rasterio.open(bands[2]) as b3:
+                assert src.descriptions == ("green", "swir16")
+                np.testing.assert_array_equal(src.read(1), b2.read(1))
+                np.testing.assert_array_equal(src.read(2), b3.read(1))
+            cog = stack_bands([f"{base}/item.json"], tmp_path / "local.tif", assets=["blue"], cog=True)
+        with rasterio.open(cog) as src, rasterio.open(bands[0]) as b1:
+            np.testing.assert_array_equal(src.read(1), b1.read(1))
+    finally:
+        server.shutdown()
+        server.server_close()
