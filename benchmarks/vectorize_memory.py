@@ -1,6 +1,6 @@
 """Memory and speed of `sparsecover vectorize`, printed as one table from one run.
 
-    python benchmarks/vectorize_memory.py [--big-mp 455] [--min-area 0.5ha] [--out results.txt]
+    python benchmarks/vectorize_memory.py [--big-mp 455] [--min-area 0.5ha] [--layouts apart joined] [--out results.txt]
 
 Input: the dense NC land-class map (../shared/data/nc_landsat/strata.tif: 30 m, 7 classes, the
 speckle of a per-pixel classification) as uint8 with nodata 0, *tiled by repetition* (a VRT that
@@ -97,6 +97,8 @@ def main() -> None:
     parser.add_argument("--big-mp", type=float, default=455.0)
     parser.add_argument("--small-mp", type=float, default=25.0)
     parser.add_argument("--min-area", default="0.5ha")
+    parser.add_argument("--layouts", nargs="+", choices=("apart", "joined"), default=["apart", "joined"],
+                        help="Which layouts to measure (joined's big map takes the longest).")
     parser.add_argument("--out", type=Path, help="Also write the table here.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,7 +107,8 @@ def main() -> None:
         with rasterio.open(base) as src:
             tile_mp = src.width * src.height / 1e6
         rows = []
-        for layout, gap, min_areas in (("apart", 1, ("", args.min_area)), ("joined", 0, ("",))):
+        layouts = (("apart", 1, ("", args.min_area)), ("joined", 0, ("",)))
+        for layout, gap, min_areas in (case for case in layouts if case[0] in args.layouts):
             for label, target in (("small", args.small_mp), ("big", args.big_mp)):
                 n = math.ceil(math.sqrt(target / tile_mp))
                 vrt = repeat_vrt(base, tmp / f"{layout}_{label}.vrt", n, gap)

@@ -328,8 +328,8 @@ def suggest(raster, model, out, n, size, labels, uncertainty, class_field, seed,
 @cli.command()
 @click.argument("classified", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="GeoPackage of polygons (styled for QGIS).")
-@click.option("--min-area", help="Minimum mapping unit: smaller patches join their largest neighbour first "
-              "(e.g. 0.5ha, or 12px).")
+@click.option("--min-area", help="Minimum mapping unit: smaller patches first join the neighbour they share "
+              "the longest border with (e.g. 0.5ha, or 12px).")
 @click.option("--simplify", type=float, help="Simplify edges with this tolerance in map units; neighbours keep "
               "shared edges (no gaps or overlaps).")
 @click.option("--classes", help="Only these class values, e.g. 3,5.")

@@ -12,9 +12,9 @@ written), so it hardly grows with the map (benchmarks/results/vectorize_memory_w
 Strips of whole rows would grow thinner as maps grow wider and cut more patches into pieces (1.36x
 the memory at 17x the pixels, measured in benchmarks/results/vectorize_memory_2026-11-28.txt).
 
-The blocks, the reader and the frontier are :mod:`.mapblocks`. A minimum mapping unit needs the
-whole map's patches first (:mod:`.sieve`, GDAL's rule on the whole patch graph); the polygons are
-then made from the sieved blocks.
+The blocks, the reader and the frontier are :mod:`.mapblocks`. A minimum mapping unit needs a
+first pass over the blocks (:mod:`.sieve`, which decides each small patch once the rows around it
+are read); the polygons are then made from the sieved blocks.
 
 ``simplify`` is GEOS's coverage simplification: neighbours keep one shared edge, no gaps or
 overlaps. It needs every polygon at once, so with it memory grows with the polygon count.
@@ -40,7 +40,7 @@ from .errors import SparsecoverError
 from .mapblocks import BLOCK, Frontier, MapReader, Pixels, label_patches, map_blocks
 from .progress import track
 from .raster import gdal_env, open_raster
-from .sieve import SievedReader, scan
+from .sieve import Sieve
 from .staging import check_output, exclusive, staging_file
 from .styles import add_layer_style
 
@@ -217,8 +217,9 @@ def vectorize(
     """Polygons of a class map in a styled GeoPackage: one per 4-connected patch of one class.
 
     ``min_area``: a minimum mapping unit, ``"0.5ha"`` or ``"12px"`` (or ``(0.5, "ha")``): smaller
-    patches join their largest neighbour before polygonising. ``simplify``: a tolerance in map units
-    for coverage simplification (shared edges stay shared). ``classes``: only these class values
+    patches join the neighbour they share the longest border with before polygonising
+    (:mod:`.sieve`). ``simplify``: a tolerance in map units for coverage simplification (shared
+    edges stay shared). ``classes``: only these class values
     (the others still take part in the sieve). Fields: class value and name, the patch's pixels,
     area (hectares where the CRS is in metres, else the CRS's unit squared, named so) and perimeter.
     The layer (``layer``, default the file's name) opens in QGIS in the map's colours.
@@ -254,8 +255,7 @@ def vectorize(
         blocks = map_blocks(src.height, src.width, block_size, src.block_shapes[0])
         read: Callable[[Window], Pixels] = MapReader(src, classified, bool(names or colours))
         if threshold > 1:
-            patches = scan(read, blocks, threshold, progress, src.width, src.height)
-            read = SievedReader(read, blocks, patches, threshold)
+            read = Sieve(read, blocks, threshold, src.width, src.height)
         wanted = np.array(sorted(classes or []), np.int64)
 
         def selected(data: np.ndarray) -> np.ndarray:
@@ -281,7 +281,7 @@ def vectorize(
                 _write(staging, layer, rows, names, units, src.crs, transform_rows, first=written == 0)
                 written += len(rows)
                 kinds.update(v for v, _, _ in rows)
-            seen = (read.read if isinstance(read, SievedReader) else read).seen
+            seen = (read.read if isinstance(read, Sieve) else read).seen
             if not seen:
                 raise SparsecoverError(f"{classified}: no class pixels (every pixel is 0 or nodata); nothing to vectorise")
             _check_classes(classified, classes, seen)
