@@ -1,14 +1,15 @@
 """Where the wall time of one `sparsecover classify` goes, by stage and thread, printed as tables.
 
-    python benchmarks/classify_breakdown.py [--device cuda] [--mp 376] [--geotiff] [--pipeline-only] [--data DIR]
+    python benchmarks/classify_breakdown.py [--device cuda] [--mp 376] [--geotiff [--compress deflate]] [--pipeline-only] [--data DIR]
 
 On a fast GPU the network is a small part of classify's time (an H200 runs the bare ResNet34
 U-Net at ~350 MP/s); this shows which host-side stage holds it back. Input: the Sentinel-2 scene of
 ``--data`` repeated by a VRT to about ``--mp`` megapixels (see classify_speed.py) or, with
-``--geotiff``, that VRT written out as one DEFLATE GeoTIFF first (a real file to decode, as users
+``--geotiff``, that VRT written out as one GeoTIFF first (DEFLATE by default: a real file to decode, as users
 have; the VRT repeats one file, whose blocks GDAL's cache then serves). Two runs: classify at
 default settings but one pass per tile (``--tta none``: the host's work per pixel is the same with
 more passes, the network's grows), and the pipeline alone (the network replaced by a near-free stand-in).
+Last, the CPU that decoding the input alone takes per MP: what no pipeline can go below.
 
 Stages are timed by wrapping classify's own functions; times of the reading threads are summed
 over threads (so they can exceed the wall time), the others are wall time in their thread. "CPU s"
@@ -37,6 +38,7 @@ import classify_speed
 import rasterio
 import rasterio.shutil
 import torch
+from rasterio.windows import Window
 
 from sparsecover import classify
 from sparsecover.classify import engine, outputs, schedule
@@ -122,7 +124,7 @@ class ThreadCPU:
     Threads that end between two samples lose their last interval."""
 
     def __init__(self, interval: float = 0.1) -> None:
-        self.interval, self.last, self.kind = interval, {}, {}
+        self.interval, self.last, self.names = interval, {}, {}  # names: Python's threads, by native id
         self.stopped = threading.Event()
         self.sampler = threading.Thread(target=self._run, name="breakdown-sampler", daemon=True)
 
@@ -141,7 +143,9 @@ class ThreadCPU:
             if cpu is not None:
                 self.last.setdefault(tid, (cpu, cpu))
                 self.last[tid] = (self.last[tid][0], cpu)
-                self.kind.setdefault(tid, python.get(tid, "native (GDAL, OpenMP)"))
+        # a new thread is listed in /proc before it runs Python (it waits for the GIL): it is named
+        # when a later sample sees it in Python, or it would be counted as a native one
+        self.names.update(python)
 
     def _run(self) -> None:
         while not self.stopped.wait(self.interval):
@@ -160,8 +164,9 @@ class ThreadCPU:
     def by_kind(self) -> dict[str, float]:
         totals: dict[str, float] = collections.defaultdict(float)
         for tid, (first, last) in self.last.items():
-            if self.kind[tid] != "breakdown-sampler":
-                totals[self.kind[tid]] += last - first
+            kind = self.names.get(tid, "native (GDAL, OpenMP)")
+            if kind != "breakdown-sampler":
+                totals[kind] += last - first
         return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
 
@@ -171,11 +176,24 @@ def _process_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def decode_floor(raster: Path) -> float:
+    """CPU ms per MP to read every pixel of ``raster`` once, block row by block row, in one thread:
+    the decoding any pipeline pays for this input, beside which its own CPU per MP is read."""
+    with rasterio.Env(GDAL_NUM_THREADS=1), rasterio.open(raster) as src:
+        start = _process_cpu()
+        rows = src.block_shapes[0][0]
+        for row in range(0, src.height, rows):
+            src.read(window=Window(0, row, src.width, min(rows, src.height - row)))
+        return (_process_cpu() - start) / (src.width * src.height / 1e6) * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--mp", type=float, default=376, help="size of the input in megapixels")
     parser.add_argument("--geotiff", action="store_true", help="write the repeated scene to one GeoTIFF first")
+    parser.add_argument("--compress", default="deflate", choices=("deflate", "zstd", "lzw", "none"),
+                        help="the GeoTIFF's codec (with the horizontal predictor, except none)")
     parser.add_argument("--data", type=Path, default=classify_speed.SHARED, help="folder with s2_B02/03/04/08.tif")
     parser.add_argument("--readers", type=int, default=None,
                         help="reading threads (default: classify's, i.e. none on a CPU): a GPU host's reading path on any machine")
@@ -198,10 +216,11 @@ def main() -> None:
         if args.geotiff:
             start = time.perf_counter()
             with gdal_env():
-                rasterio.shutil.copy(raster, tmp / "big.tif", driver="GTiff", compress="DEFLATE", predictor=2,
+                rasterio.shutil.copy(raster, tmp / "big.tif", driver="GTiff", compress=args.compress,
+                                     **({} if args.compress == "none" else {"predictor": 2}),
                                      tiled=True, blockxsize=512, blockysize=512, bigtiff="YES", num_threads="ALL_CPUS")
             raster = tmp / "big.tif"
-            print(f"input written as one DEFLATE GeoTIFF in {time.perf_counter() - start:.1f} s")
+            print(f"input written as one {args.compress.upper()} GeoTIFF in {time.perf_counter() - start:.1f} s")
         bare = classify_speed.bare_forward(package, args.device, *((8, 1024, 16) if args.device == "cuda" else (1, 1024, 2)))
         device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
         print(f"classify_breakdown: {device}; bare forward {bare:.1f} MP/s (best batch); input {Path(raster).name}")
@@ -228,6 +247,8 @@ def main() -> None:
             print(f"  {'CPU by thread (sampled)':<42}{'CPU s':>8}  {'ms per MP':>9}")
             for kind, seconds in threads.by_kind().items():
                 print(f"  {kind:<42}{seconds:>8.2f}  {seconds / mp * 1000:>9.1f}")
+        print(f"\nreading the input alone (every block once, in order, one thread): process CPU "
+              f"{decode_floor(raster):.1f} ms per MP")
 
 
 if __name__ == "__main__":

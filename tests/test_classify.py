@@ -180,6 +180,26 @@ def test_flip_tta_averages_the_tile_and_its_mirror_image(trained, train_chips):
         classify_pixels(train_chips.parent / "classes_scene.tif", loaded, "never.tif", tta="both", progress=False)
 
 
+def test_a_cpu_batch_holds_the_tiles_values_as_float32_with_invalid_bands_filled(trained):
+    """On a CPU the copy into the batch converts (uint16 -> float32 in one pass); the values are the
+    tiles' exactly, strided views included, and an invalid band value becomes the band's mean."""
+    import torch
+
+    from sparsecover.classify.engine import Inference, Predictor, RawTile
+
+    loaded = load_model(trained)
+    predictor = Predictor(loaded, torch.device("cpu"), Inference(tta="none"))
+    run = np.random.default_rng(0).integers(0, 65535, (4, 8, 20), dtype=np.uint16)
+    band_valid = np.ones((4, 8, 10), bool)
+    band_valid[2, 3, 4] = False
+    tiles = [RawTile(run[..., :10], None, np.ones((8, 10), bool)), RawTile(run[..., 10:], band_valid, band_valid.any(0))]
+    x = predictor.batch(tiles)
+    assert x.dtype == torch.float32 and x.shape == (2, 4, 8, 10)
+    expected = np.stack([run[..., :10], run[..., 10:]]).astype(np.float32)
+    expected[1, 2, 3, 4] = loaded.normalisation.mean[2]
+    np.testing.assert_array_equal(x.numpy(), expected)
+
+
 def test_class_prior_labels_applies_the_decision_offsets_and_balanced_leaves_them_out(trained, train_chips, tmp_path):
     scene = train_chips.parent / "classes_scene.tif"
     loaded = load_model(trained)

@@ -164,13 +164,20 @@ class Predictor:
         """The tiles as one float32 batch on the device, invalid values filled.
 
         Each tile is copied straight into the batch (no stacked copy on the host: on a GPU that
-        copy ran in the model's thread), in its own dtype, and converted on the device.
+        copy ran in the model's thread): to a GPU in its own dtype, converted there; on a CPU
+        converted by numpy's copy itself, one pass in this thread (a copy and a conversion by
+        torch woke its OpenMP team for each batch, whose spinning cost more CPU than the copy:
+        benchmarks/results/classify_breakdown_cpu_2026-12-05.txt).
         """
         first = torch.as_tensor(tiles[0].data)
-        wire = torch.empty((len(tiles), *first.shape), dtype=first.dtype, device=self.device)
+        cpu = self.device.type == "cpu"
+        wire = torch.empty((len(tiles), *first.shape), dtype=torch.float32 if cpu else first.dtype, device=self.device)
         for i, tile in enumerate(tiles):
-            wire[i].copy_(torch.as_tensor(tile.data), non_blocking=True)
-        x = wire.float()
+            if cpu:
+                np.copyto(wire[i].numpy(), tile.data)
+            else:
+                wire[i].copy_(torch.as_tensor(tile.data), non_blocking=True)
+        x = wire.float()  # on a CPU the batch itself
         if any(t.band_valid is not None for t in tiles):
             valid = torch.ones(x.shape, dtype=torch.bool, device=self.device)
             for i, tile in enumerate(tiles):
