@@ -146,6 +146,40 @@ def test_the_sieve_decides_patches_as_the_rows_pass(tmp_path, monkeypatch):
     assert frame.pixels.min() >= 20 and frame.pixels.sum() == data.size
 
 
+def test_the_sieve_does_not_depend_on_the_blocks_and_leaves_small_patches_only_in_nodata():
+    """Random maps (speckle and smoothed, with nodata), random units and block sizes: the sieved map is
+    the same whatever the blocks, nodata stays nodata, and a patch still under the unit has no
+    neighbour of another class (an island in nodata)."""
+    from rasterio.windows import Window
+
+    from sparsecover.sieve import Sieve
+
+    def sieved(data, size, threshold):
+        h, w = data.shape
+        blocks = [Window(c, r, min(size, w - c), min(size, h - r)) for r in range(0, h, size) for c in range(0, w, size)]
+        out = np.zeros_like(data)
+        sieve = Sieve(lambda win: (data[win.toslices()], data[win.toslices()] > 0), blocks, threshold, w, h)
+        for win in blocks:
+            values, valid = sieve(win)
+            out[win.toslices()] = np.where(valid, values, 0)
+        return out
+
+    rng = np.random.default_rng(1)
+    for case in range(40):
+        data = rng.integers(0, rng.integers(2, 6), rng.integers(5, 50, 2)).astype(np.uint8)
+        data = ndimage.median_filter(data, 3) if case % 2 else data
+        threshold = int(rng.integers(2, 30))
+        whole = sieved(data, 512, threshold)
+        for size in (int(rng.integers(1, 6)), int(rng.integers(6, 30))):
+            assert np.array_equal(sieved(data, size, threshold), whole), (case, size)
+        assert np.array_equal(whole > 0, data > 0)
+        for value in np.unique(whole[whole > 0]):
+            patches, _ = ndimage.label(whole == value)
+            for small in np.flatnonzero(np.bincount(patches.ravel())[1:] < threshold) + 1:
+                around = ndimage.binary_dilation(patches == small) & (patches != small)
+                assert not whole[around].any(), (case, value)
+
+
 def test_simplify_keeps_a_coverage_without_gaps_or_overlaps(tmp_path):
     path, _ = class_map(tmp_path)
     plain = read(vectorize(path, tmp_path / "plain.gpkg", min_area="10px", progress=False))
