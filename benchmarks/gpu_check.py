@@ -15,7 +15,7 @@ that fails prints its error and the others go on):
   at the defaults (two views), a COG out, end to end, each with the network's speed measured beside it;
 - the pipeline alone (network replaced by a near-free stand-in) at the same size;
 - the process CPU per MP of the pipeline alone reading one DEFLATE GeoTIFF with 8 reading threads
-  (on the GPU host's path);
+  (on the GPU host's path), beside what decoding that input alone takes per MP;
 - train_speed.py on the 256 px chips (train's 128 px patches) with 4 DataLoader workers at batch 8
   (train's default) and 32: samples/s, MP/s, ratio to the bare loop (with and without the
   deterministic kernels that `train` uses);
@@ -103,6 +103,8 @@ def cpu_per_mp(data: Path, device: str) -> None:
                   "--device", device, "--data", str(data / "s2_10m")], 300)
     found = re.search(r"= ([\d.]+) MP/s = .*process CPU [\d.]+ s = ([\d.]+) ms per MP", out)
     row("pipeline alone, GeoTIFF, 8 readers: process CPU", f"{found.group(2)} ms per MP", f"({found.group(1)} MP/s)")
+    floor = re.search(r"reading the input alone .*process CPU ([\d.]+) ms per MP", out)
+    row("  of which the input's decoding at least (one thread)", f"{floor.group(1)} ms per MP", "")
 
 
 def naip_chips(data: Path, tmp: Path) -> Path:
