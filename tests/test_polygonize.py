@@ -150,13 +150,12 @@ def test_the_sieve_does_not_depend_on_the_blocks_and_leaves_small_patches_only_i
     """Random maps (speckle and smoothed, with nodata), random units and block sizes: the sieved map is
     the same whatever the blocks, nodata stays nodata, and a patch still under the unit has no
     neighbour of another class (an island in nodata)."""
-    from rasterio.windows import Window
-
+    from sparsecover.mapblocks import map_blocks
     from sparsecover.sieve import Sieve
 
     def sieved(data, size, threshold):
         h, w = data.shape
-        blocks = [Window(c, r, min(size, w - c), min(size, h - r)) for r in range(0, h, size) for c in range(0, w, size)]
+        blocks = map_blocks(h, w, size, (size, size))
         out = np.zeros_like(data)
         sieve = Sieve(lambda win: (data[win.toslices()], data[win.toslices()] > 0), blocks, threshold, w, h)
         for win in blocks:

@@ -253,9 +253,10 @@ def vectorize(
         if names:  # before any work; a map without a class table is checked once read
             _check_classes(classified, classes, set(names))
         blocks = map_blocks(src.height, src.width, block_size, src.block_shapes[0])
-        read: Callable[[Window], Pixels] = MapReader(src, classified, bool(names or colours))
+        reader = MapReader(src, classified, bool(names or colours))
+        read: Callable[[Window], Pixels] = reader
         if threshold > 1:
-            read = Sieve(read, blocks, threshold, src.width, src.height)
+            read = Sieve(reader, blocks, threshold, src.width, src.height)
         wanted = np.array(sorted(classes or []), np.int64)
 
         def selected(data: np.ndarray) -> np.ndarray:
@@ -281,7 +282,7 @@ def vectorize(
                 _write(staging, layer, rows, names, units, src.crs, transform_rows, first=written == 0)
                 written += len(rows)
                 kinds.update(v for v, _, _ in rows)
-            seen = (read.read if isinstance(read, Sieve) else read).seen
+            seen = reader.seen
             if not seen:
                 raise SparsecoverError(f"{classified}: no class pixels (every pixel is 0 or nodata); nothing to vectorise")
             _check_classes(classified, classes, seen)

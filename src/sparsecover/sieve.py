@@ -78,7 +78,8 @@ class Sieve:
     """Blocks of the map after the sieve, as a block reader for the polygons (each block read once,
     in order). The first pass runs ahead of the reads, a row of blocks at a time (:meth:`scan_row`),
     only as far as a block asked for is decided: the changes waiting to be read are those of a row
-    or two, whatever the map's size."""
+    or two, whatever the map's size. Each block is read and labelled twice, once per pass: holding
+    the labels of the rows in between would cost more memory than all the sieve keeps."""
 
     def __init__(self, read: MapReader, blocks: list[Window], threshold: int, width: int, height: int) -> None:
         self.read, self.blocks, self.threshold, self.width = read, blocks, threshold, width
